@@ -1,0 +1,345 @@
+"""The distillation loop: all classes in one pass, checkpoints, exact resume.
+
+One iteration (PROTOCOLS.md section 2):
+
+1. re-initialise the frozen ConvNet from the run's generator;
+2. draw ``batch_real`` real images of EVERY class (one indexing op on a padded class index);
+3. siamese DSA: class k's real and synthetic images share one parameter draw;
+4. one batched forward of all real images (no grad) and one of all synthetic images;
+5. the matching loss summed over classes (``distill.matching``), one SGD step on all
+   synthetic images.
+
+There is no Python loop over classes: per-class statistics are reshapes of class-major
+stacks. With a batch-norm network the statistics span all classes of a forward pass, as in
+the DataDAM code (which also concatenates the classes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from . import augment, coreset
+from .config import to_dict
+from .data import ImageData
+from .errors import UserError, choice_error
+from .matching import MatchWeights, matching_loss
+from .methods import get_method
+from .nets import INITS, NetSpec, init_weights
+from .preprocess import Preprocess
+from .synset import SyntheticSet, atomic_save
+from .train import accuracy, embed_all, train_net
+
+PRESETS = ("paper", "reference_code")
+INITS_SYN = ("real", "noise", "kcenter")
+
+
+@dataclass
+class NetConfig:
+    """The network used for matching (and for coreset embeddings)."""
+
+    arch: str = "convnet"
+    width: int = 128
+    depth: int | None = None  # None: 3 up to 32 px, 4 at 64 px, 5 at 128 px
+    act: str = "relu"
+    norm: str | None = None  # None: instancenorm (paper) / batchnorm (reference_code)
+    pool: str = "avgpooling"
+    init: str | None = None  # None: he (paper) / default (reference_code)
+
+    def spec(self) -> NetSpec:
+        return NetSpec(arch=self.arch, width=self.width, depth=self.depth, act=self.act,
+                       norm=self.norm, pool=self.pool)
+
+
+@dataclass
+class DistillConfig:
+    """Hyperparameters of one distillation run; ``None`` means "the preset's default"."""
+
+    method: str = "atom"
+    ipc: int = 10
+    preset: str = "paper"  # paper | reference_code (the public DataDAM code's choices)
+    iterations: int | None = None  # None: 8000 (papers), 20000 (reference_code)
+    lr_img: float | None = None  # None: 1.0 for IPC <= 50, 10.0 above
+    momentum: float = 0.5
+    batch_real: int | None = None  # None: 128 (ATOM supplementary), 64 (reference_code)
+    p_spatial: float | None = None  # None: 4 (paper), 1 (reference_code)
+    p_channel: float | None = None  # None: 4 (paper), 1 (reference_code)
+    lam: float | None = None  # None: 0.01 at <= 32 px, 0.02 above
+    loss_scale: float | None = None  # None: 1 (paper), 100 (reference_code)
+    layers: list[int] | None = None  # 1-based blocks for attention; None: 1..L-1
+    init: str = "real"  # real | noise | kcenter
+    dsa: str = augment.DEFAULT_STRATEGY
+    embed_epochs: int = 10  # ConvNet training epochs for herding / kcenter embeddings
+    net: NetConfig = field(default_factory=NetConfig)
+    seed: int = 0
+    checkpoint_every: int = 500
+    eval_every: int = 0  # >0: train a quick model on the current set every N iterations
+    eval_epochs: int = 300
+
+
+# Offline digits runs should finish in minutes on a CPU: fewer, smaller iterations.
+QUICK_DEFAULTS = {"digits": {"iterations": 300, "batch_real": 64}}
+
+
+def resolve(cfg: DistillConfig, image_size: int, dataset: str | None = None) -> DistillConfig:
+    """Fill every ``None`` with the preset's value (and, for ``digits``, the quick CPU
+    defaults of ``QUICK_DEFAULTS``); validate names and ranges."""
+    quick = QUICK_DEFAULTS.get(dataset or "", {})
+    cfg = replace(cfg, **{k: v for k, v in quick.items() if getattr(cfg, k) is None})
+    method = get_method(cfg.method)
+    if cfg.preset not in PRESETS:
+        raise choice_error("preset", cfg.preset, PRESETS)
+    if cfg.init not in INITS_SYN:
+        raise choice_error("init", cfg.init, INITS_SYN)
+    if cfg.ipc < 1:
+        raise UserError(f"ipc must be at least 1, got {cfg.ipc}")
+    augment.parse_strategy(cfg.dsa)
+    ref = cfg.preset == "reference_code"
+    net = replace(cfg.net,
+                  norm=cfg.net.norm or ("batchnorm" if ref else "instancenorm"),
+                  init=cfg.net.init or ("default" if ref else "he"))
+    if net.init not in INITS:
+        raise choice_error("net.init", net.init, INITS)
+    out = replace(
+        cfg,
+        method=method.name,
+        net=net,
+        iterations=cfg.iterations if cfg.iterations is not None else (20000 if ref else 8000),
+        lr_img=cfg.lr_img if cfg.lr_img is not None else (1.0 if cfg.ipc <= 50 else 10.0),
+        batch_real=cfg.batch_real if cfg.batch_real is not None else (64 if ref else 128),
+        p_spatial=cfg.p_spatial if cfg.p_spatial is not None else (1.0 if ref else 4.0),
+        p_channel=cfg.p_channel if cfg.p_channel is not None else (1.0 if ref else 4.0),
+        lam=cfg.lam if cfg.lam is not None else (0.01 if image_size <= 32 else 0.02),
+        loss_scale=cfg.loss_scale if cfg.loss_scale is not None else (100.0 if ref else 1.0),
+    )
+    if out.iterations < 0 or out.batch_real < 1:
+        raise UserError("iterations must be >= 0 and batch_real >= 1")
+    return out
+
+
+def match_weights(cfg: DistillConfig, depth: int) -> MatchWeights:
+    """The loss weights of a resolved config (see ``distill.matching``)."""
+    m = get_method(cfg.method)
+    layers = None
+    if cfg.layers is not None:
+        bad = [l for l in cfg.layers if not 1 <= l <= depth]
+        if bad:
+            raise UserError(f"layers {bad} out of range: the network has blocks 1..{depth}")
+        layers = tuple(l - 1 for l in cfg.layers)
+    return MatchWeights(spatial=m.spatial, channel=m.channel,
+                        last_weight=(cfg.lam if m.attention_weighted_last else 1.0) if m.last else 0.0,
+                        p_spatial=cfg.p_spatial, p_channel=cfg.p_channel,
+                        scale=cfg.loss_scale, layers=layers)
+
+
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """A dataset mapped to network-input space, on the device."""
+
+    data: ImageData
+    preprocess: Preprocess
+    train_x: Tensor  # float32 network-input space
+    test_x: Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+
+def prepare(data: ImageData, zca: bool | None = None, device: str | torch.device = "cpu") -> Prepared:
+    """Move ``data`` to ``device``, fit the preprocessing (ZCA on the whole training set if
+    enabled; ``None``: the dataset's default) and map both splits to network-input space."""
+    data = data.to(device)
+    use_zca = data.zca_default if zca is None else zca
+    pre = Preprocess.fit(data.train_x, data.mean, data.std, zca=use_zca)
+    return Prepared(data=data, preprocess=pre, train_x=pre(data.train_x), test_x=pre(data.test_x))
+
+
+def check_ipc(data: ImageData, ipc: int) -> None:
+    counts = data.class_counts()
+    small = int(counts.argmin())
+    if ipc > int(counts[small]):
+        raise UserError(f"ipc {ipc} is larger than class {small} ({data.classes[small]!r}), "
+                        f"which has {int(counts[small])} training images; use ipc <= {int(counts.min())}")
+
+
+def selection_embeddings(prep: Prepared, cfg: DistillConfig, generator: torch.Generator) -> Tensor:
+    """Embeddings of every training image from a ConvNet trained ``embed_epochs`` epochs on the
+    real training set (evaluation recipe, no augmentation), for herding and k-center."""
+    size = prep.data.image_size
+    net = cfg.net.spec().build(prep.data.channels, prep.num_classes, size).to(prep.train_x.device)
+    init_weights(net, cfg.net.init or "he", generator)
+    train_net(net, prep.train_x, prep.data.train_y, cfg.embed_epochs, generator, dsa_strategy=None)
+    return embed_all(net, prep.train_x)
+
+
+def _labels(k: int, ipc: int, device: torch.device | str) -> Tensor:
+    return torch.arange(k, device=device).repeat_interleave(ipc)
+
+
+def _make_set(prep: Prepared, images: Tensor, cfg: DistillConfig, extra: dict[str, Any]) -> SyntheticSet:
+    meta = {"dataset": prep.data.name, "method": cfg.method, "ipc": cfg.ipc, "seed": cfg.seed,
+            "image_size": list(prep.data.image_size), "config": to_dict(cfg), **extra}
+    return SyntheticSet(images=images.detach().cpu(), labels=_labels(prep.num_classes, cfg.ipc, "cpu"),
+                        class_names=list(prep.data.classes), preprocess=prep.preprocess, meta=meta)
+
+
+def select(prep: Prepared, cfg: DistillConfig) -> SyntheticSet:
+    """Coreset baselines (random / herding / kcenter) as a SyntheticSet."""
+    check_ipc(prep.data, cfg.ipc)
+    gen = torch.Generator(device=prep.train_x.device).manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    emb = None
+    if cfg.method != "random":
+        emb = selection_embeddings(prep, cfg, gen)
+    cpu_gen = torch.Generator().manual_seed(cfg.seed)
+    idx = coreset.select_per_class(prep.data.train_y, prep.num_classes, cfg.ipc, cfg.method, emb, cpu_gen)
+    images = prep.train_x[idx.to(prep.train_x.device)]
+    return _make_set(prep, images, cfg, {"iterations": 0, "seconds": time.perf_counter() - t0,
+                                         "source_indices": idx.tolist()})
+
+
+def initial_images(prep: Prepared, cfg: DistillConfig, gen: torch.Generator) -> Tensor:
+    """Synthetic initialisation, class-major ``[K*ipc, C, H, W]``."""
+    k, dev = prep.num_classes, prep.train_x.device
+    if cfg.init == "real":
+        idx = prep.data.class_index().sample(cfg.ipc, gen)
+        return prep.train_x[idx.flatten()].clone()
+    if cfg.init == "noise":
+        return torch.randn((k * cfg.ipc, *prep.train_x.shape[1:]), generator=gen, device=dev)
+    emb = selection_embeddings(prep, cfg, gen)
+    idx = coreset.select_per_class(prep.data.train_y, k, cfg.ipc, "kcenter", emb)
+    return prep.train_x[idx.to(dev)].clone()
+
+
+@dataclass
+class State:
+    """Everything a run needs to continue exactly where it stopped."""
+
+    iteration: int
+    images: Tensor
+    optimizer: dict[str, Any]
+    generator: Tensor
+    losses: list[float]
+
+    def save(self, path: Path, cfg: DistillConfig) -> None:
+        atomic_save({"iteration": self.iteration, "images": self.images.detach().cpu(),
+                     "optimizer": self.optimizer, "generator": self.generator.cpu(),
+                     "losses": self.losses, "config": to_dict(cfg)}, path)
+
+
+def _resume_key(cfg: DistillConfig | dict[str, Any]) -> dict[str, Any]:
+    """The config values a checkpoint must agree on (run length and reporting may change)."""
+    d = dict(to_dict(cfg))
+    for k in ("iterations", "checkpoint_every", "eval_every", "eval_epochs"):
+        d.pop(k, None)
+    return d
+
+
+def distill(
+    prep: Prepared,
+    cfg: DistillConfig,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_eval: Callable[[int, float], None] | None = None,
+) -> SyntheticSet:
+    """Run a method on a prepared dataset and return its SyntheticSet.
+
+    ``cfg`` must be resolved (:func:`resolve`). Matching methods write a checkpoint every
+    ``checkpoint_every`` iterations when ``checkpoint`` is given; with ``resume`` an existing
+    checkpoint is continued, giving exactly the result of an uninterrupted run.
+    """
+    method = get_method(cfg.method)
+    if method.kind == "select":
+        return select(prep, cfg)
+    check_ipc(prep.data, cfg.ipc)
+    dev = prep.train_x.device
+    k, size = prep.num_classes, prep.data.image_size
+    net = cfg.net.spec().build(prep.data.channels, k, size).to(dev)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    weights = match_weights(cfg, len(getattr(net, "blocks", [])) or 1)
+    index = prep.data.class_index()
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+
+    ckpt = Path(checkpoint) if checkpoint else None
+    state = None
+    if resume and ckpt is not None and ckpt.exists():
+        blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+        saved_key, want = _resume_key(blob["config"]), _resume_key(cfg)
+        if saved_key != want:
+            changed = sorted(k2 for k2 in saved_key if saved_key[k2] != want.get(k2))
+            raise UserError(f"checkpoint {ckpt} was written with a different config "
+                            f"(differs in: {', '.join(changed)}); use a fresh --out or --force")
+        state = State(blob["iteration"], blob["images"].to(dev), blob["optimizer"],
+                      blob["generator"], list(blob["losses"]))
+        gen.set_state(state.generator)
+
+    syn = (state.images if state else initial_images(prep, cfg, gen)).clone().requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
+    if state:
+        opt.load_state_dict(state.optimizer)
+    losses: list[float] = state.losses if state else []
+    start = state.iteration if state else 0
+    b = cfg.batch_real
+    t0 = time.perf_counter()
+    pending: list[Tensor] = []
+
+    from tqdm import tqdm
+
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
+               desc=f"{cfg.method} ipc{cfg.ipc}", disable=not progress, dynamic_ncols=True)
+    for it in bar:
+        init_weights(net, cfg.net.init, gen)
+        net.train()
+        idx = index.sample(b, gen).flatten()
+        x_real = prep.train_x[idx]
+        x_real, x_syn = augment.siamese(x_real, syn, k, gen, cfg.dsa)
+        with torch.no_grad():
+            f_real, e_real = net.forward_features(x_real)
+        f_syn, e_syn = net.forward_features(x_syn)
+        loss, _ = matching_loss(f_real, e_real, f_syn, e_syn, k, weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        pending.append(loss.detach())
+        done = it + 1
+        if done % 10 == 0 or done == cfg.iterations:
+            losses.extend(torch.stack(pending).cpu().tolist())
+            pending.clear()
+            bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        if ckpt is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0):
+            if pending:
+                losses.extend(torch.stack(pending).cpu().tolist())
+                pending.clear()
+            State(done, syn, opt.state_dict(), gen.get_state(), losses).save(ckpt, cfg)
+        if cfg.eval_every and done % cfg.eval_every == 0:
+            acc = quick_eval(prep, syn.detach(), cfg)
+            bar.write(f"iteration {done}: quick-eval accuracy {acc:.4f}")
+            if on_eval:
+                on_eval(done, acc)
+    if pending:
+        losses.extend(torch.stack(pending).cpu().tolist())
+    seconds = time.perf_counter() - t0
+    return _make_set(prep, syn, cfg, {"iterations": cfg.iterations, "seconds": seconds,
+                                      "losses": losses[-1000:], "final_loss": losses[-1] if losses else math.nan})
+
+
+def quick_eval(prep: Prepared, images: Tensor, cfg: DistillConfig) -> float:
+    """Train one ConvNet on the current images (evaluation recipe) and test it."""
+    gen = torch.Generator(device=images.device).manual_seed(cfg.seed + 1)
+    net = cfg.net.spec().build(prep.data.channels, prep.num_classes, prep.data.image_size).to(images.device)
+    init_weights(net, "he", gen)
+    labels = _labels(prep.num_classes, cfg.ipc, images.device)
+    train_net(net, images, labels, cfg.eval_epochs, gen, dsa_strategy=cfg.dsa or None)
+    return accuracy(net, prep.test_x, prep.data.test_y)

@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+Every problem a user can fix (a bad option, a missing file, a set that does not fit a
+dataset) is raised as a :class:`UserError` with one line that says what was wrong and what
+to do. ``pipelines/run.py`` prints it as ``error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class UserError(ValueError):
+    """A problem with the user's input, reported as one clear line."""
+
+
+def choice_error(what: str, value: object, allowed: Iterable[object]) -> UserError:
+    """Build the standard "unknown X 'v'; allowed: a, b, c" error."""
+    allowed_s = ", ".join(str(a) for a in allowed)
+    return UserError(f"unknown {what} {value!r}; allowed: {allowed_s}")

@@ -1,0 +1,117 @@
+"""Attention-matching terms as pure tensor functions (PROTOCOLS.md section 2).
+
+Notation: ``f`` a feature map ``[B, C, H, W]`` of one block (post-activation, pre-pooling),
+``K`` classes stacked class-major (rows ``k*B .. (k+1)*B - 1`` belong to class k).
+
+- Spatial attention (DataDAM Eq. 2): ``A_s(f) = sum_c |f_c|^p_s``, flattened to ``[B, H*W]``.
+- Channel attention (ATOM Eq. 3): ``A_c(f) = sum_{h,w} |f_{:,h,w}|^p_c``, ``[B, C]``.
+- Each attention vector is L2-normalised per sample: ``z = A / ||A||_2``.
+- Attention matching (DataDAM Eq. 3, ATOM Eq. 4): per class and layer,
+  ``|| mean_real(z) - mean_syn(z) ||^2``, summed over classes and layers ``1..L-1``.
+- Last-layer term (DataDAM Eq. 4 "MMD" with a linear kernel, = DM's loss):
+  ``|| mean_real(e) - mean_syn(e) ||^2`` of the final embeddings, summed over classes.
+- Totals (DataDAM Eq. 5, ATOM Eq. 6): ``scale * (attention + lambda * last)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def abs_pow(f: Tensor, p: float) -> Tensor:
+    """``|f|^p``; for p = 1, 2, 4 with cheap elementwise ops (no ``abs`` for even powers)."""
+    if p == 1:
+        return f.abs()
+    if p == 2:
+        return f * f
+    if p == 4:
+        sq = f * f
+        return sq * sq
+    return f.abs().pow(p)
+
+
+def spatial_attention(f: Tensor, p: float, powered: Tensor | None = None) -> Tensor:
+    """``[B, C, H, W] -> [B, H*W]``: ``sum_c |f_c|^p`` (``powered``: ``|f|^p`` if already known)."""
+    return (abs_pow(f, p) if powered is None else powered).sum(dim=1).flatten(1)
+
+
+def channel_attention(f: Tensor, p: float, powered: Tensor | None = None) -> Tensor:
+    """``[B, C, H, W] -> [B, C]``: ``sum_{h,w} |f|^p`` (``powered``: ``|f|^p`` if already known)."""
+    return (abs_pow(f, p) if powered is None else powered).sum(dim=(2, 3))
+
+
+def l2_normalize(z: Tensor, eps: float = 1e-12) -> Tensor:
+    """Per-sample L2 normalisation of ``[B, D]`` rows (``F.normalize``, eps 1e-12)."""
+    return F.normalize(z, p=2.0, dim=1, eps=eps)
+
+
+def class_means(z: Tensor, num_classes: int) -> Tensor:
+    """Class-major ``[K*B, D] -> [K, D]`` means."""
+    return z.reshape(num_classes, -1, z.shape[-1]).mean(dim=1)
+
+
+def class_mean_distance(z_real: Tensor, z_syn: Tensor, num_classes: int) -> Tensor:
+    """Per-class ``|| mean_real - mean_syn ||^2``: ``[K]``."""
+    diff = class_means(z_real, num_classes) - class_means(z_syn, num_classes)
+    return (diff * diff).sum(dim=1)
+
+
+@dataclass(frozen=True)
+class MatchWeights:
+    """Which terms a method uses and how they are weighted."""
+
+    spatial: bool = True
+    channel: bool = False
+    last_weight: float = 0.01  # lambda (1.0 for DM, whose loss is the last-layer term alone)
+    p_spatial: float = 4.0
+    p_channel: float = 4.0
+    scale: float = 1.0  # the DataDAM code multiplies every term by 100
+    layers: tuple[int, ...] | None = None  # 0-based block indices; None: all but the last
+
+
+def matching_loss(
+    feats_real: list[Tensor],
+    emb_real: Tensor,
+    feats_syn: list[Tensor],
+    emb_syn: Tensor,
+    num_classes: int,
+    w: MatchWeights,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total matching loss over all classes in one pass, and its per-term, per-class parts.
+
+    Returns ``(loss, parts)`` with ``parts[name]`` of shape ``[K]`` for ``spatial``,
+    ``channel`` and ``last`` (unweighted, summed over layers), so
+    ``loss == scale * (spatial + channel + last_weight * last).sum()``.
+    """
+    layers = w.layers if w.layers is not None else tuple(range(len(feats_real) - 1))
+    k = num_classes
+    parts: dict[str, Tensor] = {}
+    zero = emb_syn.new_zeros(k)
+    shared = w.spatial and w.channel and w.p_spatial == w.p_channel
+    if w.spatial:
+        parts["spatial"] = zero
+    if w.channel:
+        parts["channel"] = zero
+    for i in layers:
+        fr, fs = feats_real[i], feats_syn[i]
+        # ATOM with p_s == p_c: one |f|^p per layer serves both attention maps.
+        pr = abs_pow(fr, w.p_spatial) if shared else None
+        ps = abs_pow(fs, w.p_spatial) if shared else None
+        if w.spatial:
+            parts["spatial"] = parts["spatial"] + class_mean_distance(
+                l2_normalize(spatial_attention(fr, w.p_spatial, pr)),
+                l2_normalize(spatial_attention(fs, w.p_spatial, ps)), k)
+        if w.channel:
+            parts["channel"] = parts["channel"] + class_mean_distance(
+                l2_normalize(channel_attention(fr, w.p_channel, pr)),
+                l2_normalize(channel_attention(fs, w.p_channel, ps)), k)
+    if w.last_weight:
+        parts["last"] = class_mean_distance(emb_real, emb_syn, k)
+    total = zero
+    for name, value in parts.items():
+        total = total + (w.last_weight * value if name == "last" else value)
+    return w.scale * total.sum(), parts

@@ -1,0 +1,246 @@
+"""SyntheticSet: the per-class buffer file that distillation writes and every consumer reads.
+
+File schema (a ``.pt`` written by ``torch.save``; only tensors, lists, dicts, numbers and
+strings, so ``torch.load(path, weights_only=True)`` reads it and never runs code):
+
+=============== ==============================================================================
+``format``      ``"attention-distill/synthetic-set"``
+``version``     ``1``
+``images``      float32 ``[N, C, H, W]`` in network-input space (normalised, ZCA-whitened if
+                ``preprocess["zca_matrix"]`` is not None), class-major (all of class 0 first)
+``labels``      int64 ``[N]``, values in ``[0, len(class_names))``
+``class_names`` list of str, one per class of the source dataset
+``preprocess``  dict: ``mean`` ``[C]``, ``std`` ``[C]``, ``zca_mean`` ``[D]`` | None,
+                ``zca_matrix`` ``[D, D]`` | None, ``zca_inverse`` ``[D, D]`` | None (D = C*H*W);
+                pixels = ((images.flatten(1) @ zca_inverse + zca_mean).view_as(images)) * std + mean
+``meta``        dict: dataset, method, ipc, seed, iterations, config, versions, created, ...
+=============== ==============================================================================
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .preprocess import Preprocess
+
+FORMAT = "attention-distill/synthetic-set"
+VERSION = 1
+REQUIRED_KEYS = ("format", "version", "images", "labels", "class_names", "preprocess", "meta")
+
+
+def library_versions() -> dict[str, str]:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    """Reduce metadata to types ``weights_only`` loading accepts (str, numbers, lists, dicts)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
+
+
+@dataclass
+class SyntheticSet:
+    """Synthetic (or selected) images with hard labels, their preprocessing and metadata."""
+
+    images: Tensor
+    labels: Tensor
+    class_names: list[str]
+    preprocess: Preprocess
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- checks ----------------------------------------------------------------------------
+    def validate(self) -> None:
+        img, lab = self.images, self.labels
+        if not isinstance(img, Tensor) or img.dim() != 4 or not img.is_floating_point():
+            raise UserError(f"synthetic set: images must be a float [N, C, H, W] tensor, got "
+                            f"{getattr(img, 'dtype', type(img))} {tuple(getattr(img, 'shape', ()))}")
+        if not isinstance(lab, Tensor) or lab.dim() != 1 or lab.dtype != torch.long:
+            raise UserError("synthetic set: labels must be an int64 [N] tensor")
+        if len(lab) != len(img):
+            raise UserError(f"synthetic set: {len(img)} images but {len(lab)} labels")
+        k = len(self.class_names)
+        if k == 0:
+            raise UserError("synthetic set: class_names is empty")
+        if len(lab) and (int(lab.min()) < 0 or int(lab.max()) >= k):
+            raise UserError(f"synthetic set: labels must lie in [0, {k}), found "
+                            f"[{int(lab.min())}, {int(lab.max())}]")
+        c = img.shape[1]
+        if self.preprocess.mean.numel() != c or self.preprocess.std.numel() != c:
+            raise UserError(f"synthetic set: preprocess mean/std have {self.preprocess.mean.numel()} "
+                            f"channels, images have {c}")
+        if self.preprocess.uses_zca:
+            d = c * img.shape[2] * img.shape[3]
+            if tuple(self.preprocess.zca_matrix.shape) != (d, d) or self.preprocess.zca_inverse is None:
+                raise UserError(f"synthetic set: ZCA matrix must be {d}x{d} with its inverse")
+
+    # -- access ----------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def counts(self) -> Tensor:
+        return torch.bincount(self.labels.cpu(), minlength=self.num_classes)
+
+    @property
+    def ipc(self) -> int:
+        """Images per class (the minimum over classes present)."""
+        c = self.counts()
+        c = c[c > 0]
+        return int(c.min()) if len(c) else 0
+
+    def class_images(self, k: int) -> Tensor:
+        """All images of class ``k`` (network-input space)."""
+        return self.images[self.labels == k]
+
+    def subset(self, classes: list[int] | Tensor) -> "SyntheticSet":
+        """The set restricted to the given classes (labels unchanged)."""
+        cls = torch.as_tensor(list(classes) if not isinstance(classes, Tensor) else classes)
+        mask = torch.isin(self.labels.cpu(), cls.cpu()).to(self.labels.device)
+        return SyntheticSet(self.images[mask], self.labels[mask], list(self.class_names),
+                            self.preprocess, dict(self.meta))
+
+    def to_pixels(self) -> Tensor:
+        """Images mapped back to [0, 1] pixels (ZCA and normalisation inverted, clamped)."""
+        return self.preprocess.to_pixels(self.images.detach().cpu())
+
+    # -- persistence -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        meta = dict(self.meta)
+        meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        meta.setdefault("versions", library_versions())
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "images": self.images.detach().float().cpu().contiguous(),
+            "labels": self.labels.detach().long().cpu().contiguous(),
+            "class_names": [str(c) for c in self.class_names],
+            "preprocess": self.preprocess.state(),
+            "meta": _plain(meta),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        atomic_save(self.state(), path)
+        return Path(path)
+
+    @staticmethod
+    def from_state(blob: Any, source: str = "<memory>") -> "SyntheticSet":
+        if not isinstance(blob, dict):
+            raise UserError(f"{source} is not a synthetic-set file (expected a dict, got {type(blob).__name__})")
+        missing = [k for k in REQUIRED_KEYS if k not in blob]
+        if missing:
+            raise UserError(f"{source} is not a synthetic-set file: missing keys {', '.join(missing)} "
+                            f"(expected {', '.join(REQUIRED_KEYS)})")
+        if blob["format"] != FORMAT:
+            raise UserError(f"{source}: format {blob['format']!r} is not {FORMAT!r}")
+        if int(blob["version"]) > VERSION:
+            raise UserError(f"{source}: file version {blob['version']} is newer than this toolkit "
+                            f"reads ({VERSION}); upgrade the package")
+        pre = blob["preprocess"]
+        if not isinstance(pre, dict) or "mean" not in pre or "std" not in pre:
+            raise UserError(f"{source}: preprocess must be a dict with mean and std")
+        return SyntheticSet(images=blob["images"], labels=blob["labels"],
+                            class_names=list(blob["class_names"]),
+                            preprocess=Preprocess.from_state(pre), meta=dict(blob["meta"]))
+
+    @staticmethod
+    def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> "SyntheticSet":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"synthetic-set file {path} does not exist")
+        try:
+            blob = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # unpicklable, foreign code, truncated file
+            raise UserError(f"{path} could not be read as a synthetic-set file "
+                            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        return SyntheticSet.from_state(blob, str(path))
+
+    # -- exports ---------------------------------------------------------------------------
+    def export_npz(self, path: str | os.PathLike[str]) -> Path:
+        """``images`` (network space, float32 NCHW), ``pixels`` (uint8 NHWC), ``labels``,
+        ``class_names`` and the preprocessing arrays, readable with ``numpy.load``."""
+        pix = (self.to_pixels() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        pre = {f"preprocess_{k}": v.numpy() for k, v in self.preprocess.state().items() if v is not None}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, images=self.images.detach().cpu().numpy(), pixels=pix,
+                            labels=self.labels.cpu().numpy(),
+                            class_names=np.array(self.class_names), **pre)
+        return path
+
+    def export_png(self, folder: str | os.PathLike[str]) -> Path:
+        """One folder per class (``000_airplane/``), one PNG per image: an ImageFolder tree."""
+        from PIL import Image
+
+        folder = Path(folder)
+        pix = (self.to_pixels() * 255).round().to(torch.uint8)
+        lab = self.labels.cpu()
+        seen: dict[int, int] = {}
+        for img, y in zip(pix, lab.tolist()):
+            name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.class_names[y])
+            d = folder / f"{y:03d}_{name}"
+            d.mkdir(parents=True, exist_ok=True)
+            i = seen.get(y, 0)
+            seen[y] = i + 1
+            arr = img.permute(1, 2, 0).numpy()
+            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(d / f"{i:04d}.png")
+        return folder
+
+    def save_grid(self, path: str | os.PathLike[str], max_per_class: int = 10,
+                  upscale_to: int = 32) -> Path:
+        """A PNG grid: one row per class, up to ``max_per_class`` images each."""
+        from torchvision.utils import save_image
+
+        rows = []
+        pix = self.to_pixels()
+        per = min(max_per_class, max(1, self.ipc))
+        for k in range(self.num_classes):
+            imgs = pix[self.labels.cpu() == k][:per]
+            if len(imgs) < per:
+                imgs = torch.cat([imgs, torch.ones(per - len(imgs), *pix.shape[1:])])
+            rows.append(imgs)
+        grid = torch.cat(rows)
+        if grid.shape[-1] < upscale_to:
+            f = upscale_to // grid.shape[-1]
+            grid = grid.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, str(path), nrow=per, padding=2, pad_value=1.0)
+        return path
