@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import augment, coreset
 from .config import to_dict
-from .data import ImageData
+from .data import ClassIndex, ImageData
 from .errors import UserError, choice_error
 from .matching import MatchWeights, matching_loss
 from .methods import get_method
@@ -221,6 +221,21 @@ def initial_images(prep: Prepared, cfg: DistillConfig, gen: torch.Generator) -> 
     return prep.train_x[idx.to(dev)].clone()
 
 
+def step_loss(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn: Tensor,
+              cfg: DistillConfig, weights: MatchWeights, gen: torch.Generator) -> Tensor:
+    """One iteration's loss: fresh network, real batch of every class, siamese DSA, one
+    forward of all real images (no grad) and one of all synthetic images."""
+    k = index.num_classes
+    init_weights(net, cfg.net.init or "he", gen)
+    net.train()
+    x_real = train_x[index.sample(cfg.batch_real, gen).flatten()]
+    x_real, x_syn = augment.siamese(x_real, syn, k, gen, cfg.dsa)
+    with torch.no_grad():
+        f_real, e_real = net.forward_features(x_real)
+    f_syn, e_syn = net.forward_features(x_syn)
+    return matching_loss(f_real, e_real, f_syn, e_syn, k, weights)[0]
+
+
 @dataclass
 class State:
     """Everything a run needs to continue exactly where it stopped."""
@@ -291,7 +306,6 @@ def distill(
         opt.load_state_dict(state.optimizer)
     losses: list[float] = state.losses if state else []
     start = state.iteration if state else 0
-    b = cfg.batch_real
     t0 = time.perf_counter()
     pending: list[Tensor] = []
 
@@ -300,15 +314,7 @@ def distill(
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
                desc=f"{cfg.method} ipc{cfg.ipc}", disable=not progress, dynamic_ncols=True)
     for it in bar:
-        init_weights(net, cfg.net.init, gen)
-        net.train()
-        idx = index.sample(b, gen).flatten()
-        x_real = prep.train_x[idx]
-        x_real, x_syn = augment.siamese(x_real, syn, k, gen, cfg.dsa)
-        with torch.no_grad():
-            f_real, e_real = net.forward_features(x_real)
-        f_syn, e_syn = net.forward_features(x_syn)
-        loss, _ = matching_loss(f_real, e_real, f_syn, e_syn, k, weights)
+        loss = step_loss(net, prep.train_x, index, syn, cfg, weights, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

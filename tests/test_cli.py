@@ -1,0 +1,87 @@
+"""The command line: a full digits run, and one clear error line (exit 2) per bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.synset import SyntheticSet
+from pipelines.run import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_distill_digits_herding_end_to_end(tmp_path, capsys):
+    out = tmp_path / "x"
+    code = main(["distill", "--dataset", "digits", "--method", "herding", "--ipc", "10", "--out", str(out),
+                 "--set", "distill.embed_epochs=2", "--quiet"])
+    assert code == 0
+    s = SyntheticSet.load(out / "synset.pt")
+    assert len(s.labels) == 100 and s.counts().tolist() == [10] * 10
+    assert (out / "grid.png").is_file() and (out / "config.yaml").is_file()
+    assert "synthetic set:" in capsys.readouterr().out
+    # export round trip through the CLI
+    assert main(["export", "--synset", str(out / "synset.pt"), "--format", "npz", "--out", str(tmp_path / "e")]) == 0
+    assert (tmp_path / "e.npz").is_file()
+
+
+def test_config_file_and_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset:\n  name: digits\ndistill:\n  method: atom\n  ipc: 1\n  iterations: 2\n"
+                   "  batch_real: 8\n  net:\n    width: 16\n")
+    out = tmp_path / "o"
+    assert main(["distill", "--config", str(cfg), "--set", "distill.seed=3", "--out", str(out), "--quiet"]) == 0
+    s = SyntheticSet.load(out / "synset.pt")
+    assert s.meta["config"]["seed"] == 3 and s.meta["config"]["net"]["width"] == 16 and s.ipc == 1
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--method", "mtt"], "unknown method 'mtt'; allowed: dm, datadam, atom"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; allowed: cifar10"),
+    (["--ipc", "500"], "ipc 500 is larger than class"),
+    (["--set", "distill.lr=3"], "unknown config key 'distill.lr'; allowed keys under distill: method, ipc"),
+    (["--set", "distill.ipc=ten"], "distill.ipc: expected an integer"),
+    (["--set", "distill.net.norm=weird", "--iterations", "1"], "unknown norm 'weird'"),
+    (["--dataset", "cifar10", "--data-root", "{tmp}/none", "--set", "dataset.download=false"],
+     "cifar10 not found or incomplete under"),
+    (["--dataset", "tinyimagenet", "--data-root", "{tmp}/none"], "tinyimagenet not found"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--config", "{tmp}/missing.yaml"], "config file .* does not exist"),
+])
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, pattern):
+    import re
+
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    base = ["distill", "--dataset", "digits", "--out", str(tmp_path / "o"), "--quiet"]
+    code, err = _err(capsys, base + argv)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert re.search(pattern, err[0]), err[0]
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("distill:\n  ipc: 10\n  method: [atom\n")
+    code, err = _err(capsys, ["distill", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    assert code == 2 and f"{cfg}:" in err[0] and "malformed YAML" in err[0]
+
+
+def test_export_rejects_non_set(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": 1}, bad)
+    code, err = _err(capsys, ["export", "--synset", str(bad)])
+    assert code == 2 and "not a synthetic-set file" in err[0]
+
+
+def test_script_help_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "pipelines" / "run.py"), "distill", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--ipc" in out and "--out" in out and "--device" in out

@@ -1,0 +1,169 @@
+"""Loaders read fabricated archives in the exact on-disk formats through the real code path."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from distill.data import ClassIndex, load_dataset
+from distill.errors import UserError
+
+
+def _write_cifar(root, name, n_train_per_batch, n_test, num_classes, rng):
+    """Python-version CIFAR pickles: dict with str keys, data uint8 N x 3072 (R, G, B planes)."""
+    if name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        files = [f"data_batch_{i}" for i in range(1, 6)]
+        label_key, meta_file, meta_key = "labels", "batches.meta", "label_names"
+        test_file = "test_batch"
+    else:
+        folder = root / "cifar-100-python"
+        files = ["train"]
+        label_key, meta_file, meta_key = "fine_labels", "meta", "fine_label_names"
+        test_file = "test"
+    folder.mkdir(parents=True)
+    truth = {}
+    for f in files + [test_file]:
+        n = n_test if f == test_file else n_train_per_batch
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, num_classes, size=n)]
+        with open(folder / f, "wb") as fh:
+            pickle.dump({"data": data, label_key: labels}, fh)
+        truth[f] = (data, labels)
+    names = [f"class{i}" for i in range(num_classes)]
+    with open(folder / meta_file, "wb") as fh:
+        pickle.dump({meta_key: names}, fh)
+    return files, test_file, truth, names
+
+
+@pytest.fixture
+def no_md5(monkeypatch):
+    """Fabricated archives cannot match the official checksums: skip only that check."""
+    import os
+
+    from torchvision.datasets import cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_reads_python_pickles(tmp_path, no_md5, name, num_classes):
+    rng = np.random.default_rng(0)
+    files, test_file, truth, names = _write_cifar(tmp_path, name, 7, 5, num_classes, rng)
+    data = load_dataset(name, tmp_path, download=False)
+    exp_train = np.concatenate([truth[f][0] for f in files])
+    exp_labels = sum((truth[f][1] for f in files), [])
+    # pixel (row 0, col 1) of channel G of image 0 sits at offset 1024 + 1 of the row
+    assert data.train_x.shape == (len(exp_labels), 3, 32, 32)
+    assert data.train_x.dtype == torch.uint8
+    assert torch.equal(data.train_x.reshape(len(exp_labels), -1), torch.from_numpy(exp_train))
+    assert data.train_x[0, 1, 0, 1] == exp_train[0, 1024 + 1]
+    assert data.train_y.tolist() == exp_labels
+    assert data.test_y.tolist() == truth[test_file][1]
+    assert list(data.classes) == names
+    assert data.zca_default
+
+
+def test_cifar_missing_offline_is_clear(tmp_path):
+    with pytest.raises(UserError, match="cifar10 not found.*cifar-10-batches-py"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
+def _jpeg(path, rng, size):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)).save(path, quality=95)
+
+
+def test_tinyimagenet_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    base = tmp_path / "tiny-imagenet-200"
+    wnids = ["n02", "n01", "n03"]
+    base.mkdir()
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (base / "words.txt").write_text("n01\tgoldfish, Carassius\nn02\tcat\nn03\tdog\n")
+    for i, w in enumerate(wnids):
+        for j in range(i + 2):
+            _jpeg(base / "train" / w / "images" / f"{w}_{j}.JPEG", rng, 64)
+    lines = []
+    for j, w in enumerate(["n03", "n01", "n01", "n02"]):
+        _jpeg(base / "val" / "images" / f"val_{j}.JPEG", rng, 64)
+        lines.append(f"val_{j}.JPEG\t{w}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    data = load_dataset("tinyimagenet", tmp_path)
+    assert data.classes == ("goldfish", "cat", "dog")  # sorted wnids n01, n02, n03
+    assert data.train_x.shape == (2 + 3 + 4, 3, 64, 64)
+    assert data.train_y.tolist() == [0] * 3 + [1] * 2 + [2] * 4
+    assert data.test_y.tolist() == [2, 0, 0, 1]
+    # the decoded cache gives back the same tensors
+    again = load_dataset("tinyimagenet", tmp_path)
+    assert torch.equal(again.train_x, data.train_x) and again.classes == data.classes
+
+
+def test_tinyimagenet_missing(tmp_path):
+    with pytest.raises(UserError, match="tinyimagenet not found"):
+        load_dataset("tinyimagenet", tmp_path)
+
+
+def test_imagefolder_resizes_and_crops(tmp_path):
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("b_dog", "a_cat"):
+            for j in range(n):
+                d = tmp_path / "tree" / split / c
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(d / f"{j}.png")
+    data = load_dataset("imagefolder", tmp_path / "tree", resolution=16)
+    assert data.classes == ("a_cat", "b_dog")
+    assert data.train_x.shape == (6, 3, 16, 16) and data.test_x.shape == (4, 3, 16, 16)
+    assert data.train_y.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_imagefolder_missing_tree(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_dataset("imagenette", tmp_path)
+    (tmp_path / "imagenette").mkdir()
+    with pytest.raises(UserError, match="expected an image tree"):
+        load_dataset("imagenette", tmp_path)
+
+
+def test_digits_split_is_stratified_and_fixed(digits):
+    from sklearn.datasets import load_digits
+
+    assert digits.image_size == (16, 16) and digits.channels == 1
+    n = len(load_digits().target)
+    assert len(digits.train_y) + len(digits.test_y) == n
+    train_counts = torch.bincount(digits.train_y, minlength=10).float()
+    test_counts = torch.bincount(digits.test_y, minlength=10).float()
+    frac = test_counts / (train_counts + test_counts)
+    assert torch.all((frac - 0.3).abs() < 0.01)
+    again = load_dataset("digits")
+    assert torch.equal(again.train_x, digits.train_x)
+    native = load_dataset("digits", resolution=8)
+    # native 8x8 pixels are the 0..16 values scaled to 0..255
+    ref = np.round(load_digits().images / 16 * 255).astype(np.uint8)
+    assert native.image_size == (8, 8)
+    assert set(native.train_x.flatten().tolist()) <= set(ref.flatten().tolist())
+
+
+def test_unknown_dataset():
+    with pytest.raises(UserError, match="unknown dataset 'mnist'.*cifar10"):
+        load_dataset("mnist")
+
+
+def test_class_index_sampling(gen):
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2, 2])
+    index = ClassIndex.from_labels(labels, 3)
+    assert index.counts.tolist() == [3, 2, 4]
+    idx = index.sample(2, gen)
+    assert idx.shape == (3, 2)
+    for k in range(3):
+        assert torch.all(labels[idx[k]] == k)
+        assert len(set(idx[k].tolist())) == 2  # without replacement
+    # more than a class holds: every image of the class appears, cyclically
+    big = index.sample(6, gen)
+    assert sorted(set(big[1].tolist())) == [1, 4]
+    assert sorted(big[0, :3].tolist()) == [0, 2, 5]

@@ -1,0 +1,111 @@
+"""The distillation loop on digits: learning, gradients, seeding, exact resume."""
+
+import pytest
+import torch
+
+from distill.distiller import (DistillConfig, NetConfig, distill, match_weights, resolve, step_loss)
+from distill.errors import UserError
+
+SMALL = dict(ipc=2, batch_real=16, net=NetConfig(width=32), checkpoint_every=0)
+
+
+def _cfg(method="atom", iterations=50, **kw):
+    return resolve(DistillConfig(method=method, iterations=iterations, **{**SMALL, **kw}), 16, "digits")
+
+
+@pytest.mark.parametrize("method", ["dm", "datadam", "atom", "atom_channel"])
+def test_loss_decreases(digits_prep, method):
+    # lr 10: the paper scale moves images slowly in 50 steps (see the quality benchmark)
+    s = distill(digits_prep, _cfg(method, 50, lr_img=1.0 if method == "dm" else 10.0), progress=False)
+    losses = torch.tensor(s.meta["losses"])
+    assert len(losses) == 50
+    assert losses[-10:].mean() < 0.9 * losses[:10].mean()
+    assert s.images.shape == (20, 1, 16, 16)
+    assert s.labels.tolist() == [c for c in range(10) for _ in range(2)]
+
+
+def test_gradients_reach_only_synthetic_images(digits_prep):
+    cfg = _cfg("atom")
+    net = cfg.net.spec().build(1, 10, (16, 16))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    train_x = digits_prep.train_x.clone().requires_grad_(True)
+    syn = torch.randn(20, 1, 16, 16, requires_grad=True)
+    loss = step_loss(net, train_x, digits_prep.data.class_index(), syn, cfg,
+                     match_weights(cfg, 3), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert syn.grad is not None and syn.grad.abs().sum() > 0
+    assert train_x.grad is None
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_same_seed_same_set_and_different_seed_differs(digits_prep):
+    a = distill(digits_prep, _cfg(iterations=5), progress=False)
+    b = distill(digits_prep, _cfg(iterations=5), progress=False)
+    c = distill(digits_prep, _cfg(iterations=5, seed=1), progress=False)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_resume_equals_uninterrupted(digits_prep, tmp_path):
+    full = distill(digits_prep, _cfg(iterations=8), progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    # "interrupted" after 4 iterations (the checkpoint at 4 survives), then resumed to 8
+    distill(digits_prep, _cfg(iterations=4, checkpoint_every=2), checkpoint=ckpt, progress=False)
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 4
+    resumed = distill(digits_prep, _cfg(iterations=8, checkpoint_every=2), checkpoint=ckpt,
+                      resume=True, progress=False)
+    assert torch.equal(resumed.images, full.images)
+    assert resumed.meta["losses"] == pytest.approx(full.meta["losses"])
+
+
+def test_resume_rejects_other_config(digits_prep, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    distill(digits_prep, _cfg(iterations=2, checkpoint_every=2), checkpoint=ckpt, progress=False)
+    with pytest.raises(UserError, match="differs in: lam"):
+        distill(digits_prep, _cfg(iterations=4, lam=0.5), checkpoint=ckpt, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("init", ["noise", "kcenter"])
+def test_other_inits(digits_prep, init):
+    s = distill(digits_prep, _cfg(iterations=2, init=init, embed_epochs=1), progress=False)
+    assert s.images.shape == (20, 1, 16, 16) and torch.isfinite(s.images).all()
+
+
+def test_real_init_uses_images_of_each_class(digits_prep):
+    s = distill(digits_prep, _cfg(iterations=0), progress=False)
+    x, y = digits_prep.train_x, digits_prep.data.train_y
+    for img, label in zip(s.images, s.labels):
+        match = (x - img).flatten(1).abs().amax(1) == 0
+        assert match.any() and bool((y[match] == label).all())
+
+
+def test_selection_methods(digits_prep):
+    for method in ("random", "herding", "kcenter"):
+        s = distill(digits_prep, _cfg(method, embed_epochs=1), progress=False)
+        idx = torch.tensor(s.meta["source_indices"])
+        assert torch.equal(s.images, digits_prep.train_x[idx])
+        assert torch.equal(digits_prep.data.train_y[idx], s.labels)
+
+
+def test_presets_and_defaults():
+    paper = resolve(DistillConfig(method="datadam", ipc=10), 32)
+    assert (paper.p_spatial, paper.lam, paper.loss_scale, paper.net.norm, paper.net.init,
+            paper.iterations, paper.batch_real, paper.lr_img) == (4.0, 0.01, 1.0, "instancenorm", "he", 8000, 128, 1.0)
+    ref = resolve(DistillConfig(method="datadam", ipc=100, preset="reference_code"), 64)
+    assert (ref.p_spatial, ref.lam, ref.loss_scale, ref.net.norm, ref.net.init, ref.iterations,
+            ref.batch_real, ref.lr_img) == (1.0, 0.02, 100.0, "batchnorm", "default", 20000, 64, 10.0)
+    assert resolve(DistillConfig(), 16, "digits").iterations == 300
+    dm = match_weights(resolve(DistillConfig(method="dm"), 32), 3)
+    assert (dm.spatial, dm.channel, dm.last_weight) == (False, False, 1.0)
+    with pytest.raises(UserError, match="unknown method"):
+        resolve(DistillConfig(method="mtt"), 32)
+    with pytest.raises(UserError, match="unknown preset"):
+        resolve(DistillConfig(preset="code"), 32)
+    with pytest.raises(UserError, match="out of range"):
+        match_weights(resolve(DistillConfig(layers=[4]), 32), 3)
+
+
+def test_ipc_larger_than_a_class(digits_prep):
+    with pytest.raises(UserError, match="ipc 500 is larger than class"):
+        distill(digits_prep, _cfg(ipc=500), progress=False)
