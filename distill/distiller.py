@@ -29,9 +29,9 @@ from . import augment, coreset
 from .config import to_dict
 from .data import ClassIndex, ImageData
 from .errors import UserError, choice_error
-from .matching import MatchWeights, matching_loss
+from .matching import MatchWeights, class_statistics, concat_statistics, statistics_loss
 from .methods import get_method
-from .nets import INITS, NetSpec, init_weights
+from .nets import INITS, NetSpec, has_batch_statistics, init_weights
 from .preprocess import Preprocess
 from .synset import SyntheticSet, atomic_save
 from .train import accuracy, embed_all, train_net
@@ -75,6 +75,7 @@ class DistillConfig:
     layers: list[int] | None = None  # 1-based blocks for attention; None: 1..L-1
     init: str = "real"  # real | noise | kcenter
     dsa: str = augment.DEFAULT_STRATEGY
+    chunk: int | None = None  # images per forward pass; None: 4096 on GPU, 128 on CPU
     embed_epochs: int = 10  # ConvNet training epochs for herding / kcenter embeddings
     net: NetConfig = field(default_factory=NetConfig)
     seed: int = 0
@@ -221,19 +222,57 @@ def initial_images(prep: Prepared, cfg: DistillConfig, gen: torch.Generator) -> 
     return prep.train_x[idx.to(dev)].clone()
 
 
-def step_loss(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn: Tensor,
-              cfg: DistillConfig, weights: MatchWeights, gen: torch.Generator) -> Tensor:
-    """One iteration's loss: fresh network, real batch of every class, siamese DSA, one
-    forward of all real images (no grad) and one of all synthetic images."""
-    k = index.num_classes
+def chunk_classes(cfg: DistillConfig, net: torch.nn.Module, k: int, per_class: int,
+                  device: torch.device) -> int:
+    """How many classes one forward pass holds: ``cfg.chunk`` images (auto: 4096 on a GPU,
+    128 on the CPU, where smaller feature maps stay in cache). Batch-norm networks see all
+    classes at once, as in the DataDAM code, since chunks would change their statistics."""
+    if has_batch_statistics(net):
+        return k
+    images = cfg.chunk or (4096 if device.type == "cuda" else 128)
+    return max(1, min(k, images // max(per_class, 1)))
+
+
+def _slice_stats(stats: dict[str, list[Tensor]], c0: int, c1: int) -> dict[str, list[Tensor]]:
+    return {name: [t[c0:c1] for t in ts] for name, ts in stats.items()}
+
+
+def loss_and_grad(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn: Tensor,
+                  cfg: DistillConfig, weights: MatchWeights, gen: torch.Generator) -> Tensor:
+    """One iteration: fresh network, real batch of every class, siamese DSA, the matching loss;
+    accumulates its gradient into ``syn.grad`` and returns the (detached) loss.
+
+    The loss is a sum over classes of distances between per-class means, so both sides run in
+    class chunks: real statistics without grad, then each synthetic chunk's loss is
+    back-propagated at once (its graph freed). The random draws do not depend on chunking.
+    """
+    k, dev = index.num_classes, syn.device
+    ipc = len(syn) // k
     init_weights(net, cfg.net.init or "he", gen)
     net.train()
-    x_real = train_x[index.sample(cfg.batch_real, gen).flatten()]
-    x_real, x_syn = augment.siamese(x_real, syn, k, gen, cfg.dsa)
+    idx = index.sample(cfg.batch_real, gen)  # [K, B]
+    params = augment.sample_params(k, tuple(syn.shape[2:]), gen, cfg.dsa, dev)
+    step = chunk_classes(cfg, net, k, cfg.batch_real, dev)
+    chunks = []
     with torch.no_grad():
-        f_real, e_real = net.forward_features(x_real)
-    f_syn, e_syn = net.forward_features(x_syn)
-    return matching_loss(f_real, e_real, f_syn, e_syn, k, weights)[0]
+        for c0 in range(0, k, step):
+            ids = idx[c0 : c0 + step]
+            groups = torch.arange(c0, c0 + len(ids), device=dev).repeat_interleave(cfg.batch_real)
+            feats, emb = net.forward_features(augment.apply(train_x[ids.flatten()], params.index(groups)))
+            chunks.append(class_statistics(feats, emb, len(ids), weights))
+    real = concat_statistics(chunks) if len(chunks) > 1 else chunks[0]
+    total = torch.zeros((), device=dev)
+    step = chunk_classes(cfg, net, k, ipc, dev)
+    for c0 in range(0, k, step):
+        c1 = min(k, c0 + step)
+        groups = torch.arange(c0, c1, device=dev).repeat_interleave(ipc)
+        x_syn = augment.apply(syn[c0 * ipc : c1 * ipc], params.index(groups))
+        feats, emb = net.forward_features(x_syn)
+        loss = statistics_loss(_slice_stats(real, c0, c1), class_statistics(feats, emb, c1 - c0, weights),
+                               weights)[0]
+        loss.backward()
+        total = total + loss.detach()
+    return total
 
 
 @dataclass
@@ -314,9 +353,8 @@ def distill(
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
                desc=f"{cfg.method} ipc{cfg.ipc}", disable=not progress, dynamic_ncols=True)
     for it in bar:
-        loss = step_loss(net, prep.train_x, index, syn, cfg, weights, gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = loss_and_grad(net, prep.train_x, index, syn, cfg, weights, gen)
         opt.step()
         pending.append(loss.detach())
         done = it + 1

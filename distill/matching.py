@@ -54,12 +54,6 @@ def class_means(z: Tensor, num_classes: int) -> Tensor:
     return z.reshape(num_classes, -1, z.shape[-1]).mean(dim=1)
 
 
-def class_mean_distance(z_real: Tensor, z_syn: Tensor, num_classes: int) -> Tensor:
-    """Per-class ``|| mean_real - mean_syn ||^2``: ``[K]``."""
-    diff = class_means(z_real, num_classes) - class_means(z_syn, num_classes)
-    return (diff * diff).sum(dim=1)
-
-
 @dataclass(frozen=True)
 class MatchWeights:
     """Which terms a method uses and how they are weighted."""
@@ -71,6 +65,52 @@ class MatchWeights:
     p_channel: float = 4.0
     scale: float = 1.0  # the DataDAM code multiplies every term by 100
     layers: tuple[int, ...] | None = None  # 0-based block indices; None: all but the last
+
+
+def class_statistics(feats: list[Tensor], emb: Tensor, num_classes: int,
+                     w: MatchWeights) -> dict[str, list[Tensor]]:
+    """Per-class means the loss compares: ``{"spatial": [K x HW per layer], "channel": [K x C
+    per layer], "last": [K x D]}``, for the terms ``w`` enables.
+
+    Only class means enter the loss, so the real side can be computed in class chunks (and
+    without keeping feature maps) and concatenated along K.
+    """
+    layers = w.layers if w.layers is not None else tuple(range(len(feats) - 1))
+    k = num_classes
+    shared = w.spatial and w.channel and w.p_spatial == w.p_channel
+    out: dict[str, list[Tensor]] = {}
+    if w.spatial:
+        out["spatial"] = []
+    if w.channel:
+        out["channel"] = []
+    for i in layers:
+        f = feats[i]
+        # ATOM with p_s == p_c: one |f|^p per layer serves both attention maps.
+        powered = abs_pow(f, w.p_spatial) if shared else None
+        if w.spatial:
+            out["spatial"].append(class_means(l2_normalize(spatial_attention(f, w.p_spatial, powered)), k))
+        if w.channel:
+            out["channel"].append(class_means(l2_normalize(channel_attention(f, w.p_channel, powered)), k))
+    if w.last_weight:
+        out["last"] = [class_means(emb, k)]
+    return out
+
+
+def concat_statistics(chunks: list[dict[str, list[Tensor]]]) -> dict[str, list[Tensor]]:
+    """Join statistics of consecutive class chunks along the class dimension."""
+    return {name: [torch.cat([c[name][j] for c in chunks]) for j in range(len(chunks[0][name]))]
+            for name in chunks[0]}
+
+
+def statistics_loss(real: dict[str, list[Tensor]], syn: dict[str, list[Tensor]],
+                    w: MatchWeights) -> tuple[Tensor, dict[str, Tensor]]:
+    """``scale * sum_k (spatial_k + channel_k + lambda * last_k)`` from class means; returns the
+    total and the unweighted per-class parts (``[K]`` each, summed over layers)."""
+    parts = {}
+    for name in syn:
+        parts[name] = sum(((r - s) * (r - s)).sum(dim=1) for r, s in zip(real[name], syn[name]))
+    total = sum((w.last_weight * v if name == "last" else v) for name, v in parts.items())
+    return w.scale * total.sum(), parts
 
 
 def matching_loss(
@@ -87,31 +127,5 @@ def matching_loss(
     ``channel`` and ``last`` (unweighted, summed over layers), so
     ``loss == scale * (spatial + channel + last_weight * last).sum()``.
     """
-    layers = w.layers if w.layers is not None else tuple(range(len(feats_real) - 1))
-    k = num_classes
-    parts: dict[str, Tensor] = {}
-    zero = emb_syn.new_zeros(k)
-    shared = w.spatial and w.channel and w.p_spatial == w.p_channel
-    if w.spatial:
-        parts["spatial"] = zero
-    if w.channel:
-        parts["channel"] = zero
-    for i in layers:
-        fr, fs = feats_real[i], feats_syn[i]
-        # ATOM with p_s == p_c: one |f|^p per layer serves both attention maps.
-        pr = abs_pow(fr, w.p_spatial) if shared else None
-        ps = abs_pow(fs, w.p_spatial) if shared else None
-        if w.spatial:
-            parts["spatial"] = parts["spatial"] + class_mean_distance(
-                l2_normalize(spatial_attention(fr, w.p_spatial, pr)),
-                l2_normalize(spatial_attention(fs, w.p_spatial, ps)), k)
-        if w.channel:
-            parts["channel"] = parts["channel"] + class_mean_distance(
-                l2_normalize(channel_attention(fr, w.p_channel, pr)),
-                l2_normalize(channel_attention(fs, w.p_channel, ps)), k)
-    if w.last_weight:
-        parts["last"] = class_mean_distance(emb_real, emb_syn, k)
-    total = zero
-    for name, value in parts.items():
-        total = total + (w.last_weight * value if name == "last" else value)
-    return w.scale * total.sum(), parts
+    return statistics_loss(class_statistics(feats_real, emb_real, num_classes, w),
+                           class_statistics(feats_syn, emb_syn, num_classes, w), w)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distill.distiller import (DistillConfig, NetConfig, distill, match_weights, resolve, step_loss)
+from distill.distiller import (DistillConfig, NetConfig, distill, match_weights, resolve, loss_and_grad)
 from distill.errors import UserError
 
 SMALL = dict(ipc=2, batch_real=16, net=NetConfig(width=32), checkpoint_every=0)
@@ -31,9 +31,9 @@ def test_gradients_reach_only_synthetic_images(digits_prep):
         p.requires_grad_(False)
     train_x = digits_prep.train_x.clone().requires_grad_(True)
     syn = torch.randn(20, 1, 16, 16, requires_grad=True)
-    loss = step_loss(net, train_x, digits_prep.data.class_index(), syn, cfg,
-                     match_weights(cfg, 3), torch.Generator().manual_seed(0))
-    loss.backward()
+    loss = loss_and_grad(net, train_x, digits_prep.data.class_index(), syn, cfg,
+                         match_weights(cfg, 3), torch.Generator().manual_seed(0))
+    assert loss.item() > 0 and not loss.requires_grad
     assert syn.grad is not None and syn.grad.abs().sum() > 0
     assert train_x.grad is None
     assert all(p.grad is None for p in net.parameters())
@@ -109,3 +109,19 @@ def test_presets_and_defaults():
 def test_ipc_larger_than_a_class(digits_prep):
     with pytest.raises(UserError, match="ipc 500 is larger than class"):
         distill(digits_prep, _cfg(ipc=500), progress=False)
+
+
+def test_chunking_does_not_change_loss_or_gradient(digits_prep):
+    """Class chunks of the real and synthetic forwards give the loss and gradient of one
+    all-classes pass."""
+    results = []
+    for chunk in (16, 48, 100000):  # 1 class, 3 classes, all 10 classes per forward
+        cfg = _cfg("atom", chunk=chunk)
+        net = cfg.net.spec().build(1, 10, (16, 16))
+        syn = digits_prep.train_x[:20].clone().requires_grad_(True)
+        loss = loss_and_grad(net, digits_prep.train_x, digits_prep.data.class_index(), syn, cfg,
+                             match_weights(cfg, 3), torch.Generator().manual_seed(0))
+        results.append((loss.item(), syn.grad.clone()))
+    for loss, grad in results[:2]:
+        assert loss == pytest.approx(results[2][0], rel=1e-5)
+        assert torch.allclose(grad, results[2][1], rtol=1e-4, atol=1e-7)
