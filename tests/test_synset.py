@@ -89,6 +89,7 @@ class _Evil:
         return (print, ("code ran",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_never_executes_code_from_a_file(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "payload": _Evil()}, path)
