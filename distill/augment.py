@@ -16,8 +16,8 @@ rotate     ``U(-15, 15)`` degrees
 
 A *group* is the unit that shares parameters. Siamese distillation uses one group per class:
 real and synthetic images of class k are augmented with identical parameters, classes differ.
-Evaluation uses one group per sample (with ``one_family=True``: one family per call, as the
-reference code does for a training batch). Parameters come from an explicit generator.
+Evaluation uses one group per sample, with one family per training batch, as the reference
+code draws it. Parameters come from an explicit generator.
 
 All geometric families are expressed as one affine sampling grid (``align_corners=True``,
 bilinear, zero padding; integer shifts and flips land exactly on pixel centres), so a whole
@@ -91,13 +91,18 @@ def sample_params(
     generator: torch.Generator | None = None,
     strategy: str = DEFAULT_STRATEGY,
     device: torch.device | str = "cpu",
-    one_family: bool = False,
+    family_groups: int | None = None,
 ) -> DSAParams:
     """Draw DSA parameters for ``n`` groups (mode 'S').
 
-    With ``one_family`` all groups share one randomly drawn family (the reference code's
-    per-call draw for an evaluation batch); otherwise every group draws its own.
+    The family is drawn ``family_groups`` times and shared by consecutive blocks of
+    ``n // family_groups`` groups (default ``n``: every group draws its own; ``1``: one family
+    for the whole call, the reference code's draw for an evaluation batch; ``M``: one per
+    model when M models' batches are stacked).
     """
+    family_groups = n if family_groups is None else family_groups
+    if family_groups < 1 or n % family_groups:
+        raise ValueError(f"DSA: {n} groups cannot be split into {family_groups} family blocks")
     fams = parse_strategy(strategy)
     h, w = image_size
     g, dev = generator, device
@@ -109,8 +114,8 @@ def sample_params(
         choice = torch.full((n,), -1, dtype=torch.long, device=dev)
     else:
         allowed = torch.tensor([FAMILIES.index(f) for f in fams], device=dev)
-        pick = torch.randint(len(fams), (1 if one_family else n,), generator=g, device=dev)
-        choice = allowed[pick].expand(n).clone()
+        pick = torch.randint(len(fams), (family_groups,), generator=g, device=dev)
+        choice = allowed[pick].repeat_interleave(n // family_groups)
 
     def on(name: str) -> Tensor:
         return choice == FAMILIES.index(name)
@@ -221,7 +226,8 @@ def siamese(x_real: Tensor, x_syn: Tensor, num_classes: int, generator: torch.Ge
 
 
 def per_sample(x: Tensor, generator: torch.Generator | None, strategy: str = DEFAULT_STRATEGY,
-               one_family: bool = True) -> Tensor:
-    """Evaluation-time DSA: independent parameters per sample (not siamese)."""
-    p = sample_params(len(x), (x.shape[2], x.shape[3]), generator, strategy, x.device, one_family)
+               family_groups: int = 1) -> Tensor:
+    """Evaluation-time DSA: independent parameters per sample (not siamese); the family is
+    drawn once per block of ``len(x) // family_groups`` samples (default: once per call)."""
+    p = sample_params(len(x), (x.shape[2], x.shape[3]), generator, strategy, x.device, family_groups)
     return apply(x, p)

@@ -1,4 +1,4 @@
-"""The toolkit's command line: ``python pipelines/run.py {distill,export} [options]``.
+"""The toolkit's command line: ``python pipelines/run.py {distill,evaluate,export} [options]``.
 
 Every subcommand takes ``--config FILE.yaml`` (keys documented in ``pipelines/configs/``),
 ``--set key=value`` overrides (repeatable), ``--out DIR`` (default: a fresh directory under
@@ -28,6 +28,8 @@ from distill.config import apply_override, from_dict, load_yaml, to_dict
 from distill.data import DATASETS, load_dataset
 from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
 from distill.errors import UserError
+from distill.evaluate import ALL_ARCHS, EvalConfig, evaluate_set, resolve_eval, eval_inputs
+from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS
 from distill.synset import SyntheticSet, library_versions
 
@@ -129,6 +131,47 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# evaluate
+
+
+@dataclass
+class EvaluateJob:
+    """``run.py evaluate``: which real test set, and how to train the networks."""
+
+    dataset: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    synset = SyntheticSet.load(args.synset)
+    job: EvaluateJob = build_config(EvaluateJob, args, {
+        "dataset.name": args.dataset or synset.meta.get("dataset"), "dataset.root": args.data_root,
+        "eval.models": args.models, "eval.epochs": args.epochs, "eval.seed": args.seed,
+        "eval.archs": args.arch.split(",") if args.arch else None,
+    })
+    device = pick_device(args.device)
+    cfg = resolve_eval(job.eval, job.dataset.name)
+    res = job.dataset.resolution
+    if res is None and job.dataset.name in ("digits", "imagefolder", "imagenette", "imagewoof", "imagesquawk"):
+        res = synset.image_shape[1]  # load the real data at the set's size
+    data = load_dataset(job.dataset.name, job.dataset.root, res, job.dataset.download)
+    test_x = eval_inputs(synset, data)
+    out = Path(args.out) if args.out else Path(args.synset).parent
+    print(f"evaluating {args.synset} ({synset.meta.get('method', '?')}, ipc {synset.ipc}, "
+          f"{len(synset.labels)} images) on {data.name} test ({len(data.test_y)} images): "
+          f"{cfg.models} models x {len(cfg.archs)} architectures, {cfg.epochs} epochs, on {device}")
+    results = evaluate_set(synset, test_x, data.test_y, cfg, device, progress=not args.quiet)
+    rows = [{**r.row(), "accuracy": pct(r.mean, r.std)} for r in results]
+    columns = ["arch", "models", "accuracy", "seconds", "ensembled"]
+    paths = write_tables(rows, columns, out, "evaluation",
+                         extra={"synset": str(args.synset), "dataset": data.name, "device": str(device),
+                                "config": to_dict(cfg), "versions": library_versions()})
+    print("\n" + markdown_table(rows, columns))
+    print(f"\n  results: {paths['md']}, {paths['csv'].name}, {paths['json'].name}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # export
 
 
@@ -164,6 +207,7 @@ def make_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python pipelines/run.py distill --dataset digits --method atom --ipc 10\n"
                "  python pipelines/run.py distill --dataset cifar10 --method datadam --ipc 50\n"
+               "  python pipelines/run.py evaluate --synset runs/x/synset.pt --models 20 --arch convnet,resnet18\n"
                "  python pipelines/run.py export --synset runs/x/synset.pt --format npz")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -181,6 +225,22 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="ignore an existing checkpoint in --out")
     _common(d)
     d.set_defaults(func=cmd_distill)
+
+    v = sub.add_parser("evaluate", help="train networks on a synthetic set and test them",
+                       description="Train --models fresh networks of each --arch on a synthetic set "
+                                   "(SGD 0.01, momentum 0.9, wd 5e-4, batch 256, LR x0.1 at half, DSA) and "
+                                   "test on the real test set, preprocessed with the set's own stored "
+                                   "transform. Writes evaluation.{md,csv,json} next to the set (or --out).")
+    v.add_argument("--synset", required=True, help="path of a synset.pt file")
+    v.add_argument("--models", type=int, help="networks per architecture (default 5; papers 20)")
+    v.add_argument("--arch", help="comma-separated: convnet, alexnet, vgg11, resnet18, vit, a norm variant "
+                                  "like resnet18-batchnorm, or all (= " + ", ".join(ALL_ARCHS) + ")")
+    v.add_argument("--epochs", type=int, help="training epochs (default 1000; digits 300)")
+    v.add_argument("--dataset", help="real dataset for testing (default: the one the set was made from)")
+    v.add_argument("--data-root", help="data folder (default: data)")
+    v.add_argument("--seed", type=int, help="random seed (default 0)")
+    _common(v)
+    v.set_defaults(func=cmd_evaluate)
 
     e = sub.add_parser("export", help="export a synthetic set for other code",
                        description="Export a synthetic-set file to .npz (numpy), a PNG folder per class "

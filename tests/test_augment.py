@@ -125,8 +125,12 @@ def test_per_sample_is_seeded_and_shares_family(gen):
     a = A.per_sample(x, torch.Generator().manual_seed(3))
     b = A.per_sample(x, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
-    p = A.sample_params(50, SIZE, torch.Generator().manual_seed(3), one_family=True)
+    p = A.sample_params(50, SIZE, torch.Generator().manual_seed(3), family_groups=1)
     assert len(set(p.family.tolist())) == 1
+    blocks = A.sample_params(600, SIZE, torch.Generator().manual_seed(3), family_groups=30).family.view(30, 20)
+    assert torch.all(blocks == blocks[:, :1]) and len(set(blocks[:, 0].tolist())) > 1
+    with pytest.raises(ValueError, match="cannot be split"):
+        A.sample_params(10, SIZE, None, family_groups=3)
 
 
 def test_strategy_validation():

@@ -1,0 +1,119 @@
+"""Evaluation: schedule, preprocessing of the test set, ensembled = sequential, errors."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from distill.data import load_dataset
+from distill.errors import UserError
+from distill.evaluate import (ALL_ARCHS, EvalConfig, can_ensemble, evaluate_set, expand_archs, parse_arch,
+                              resolve_eval, eval_inputs, train_group)
+from distill.preprocess import Preprocess
+from distill.synset import SyntheticSet
+from distill.train import lr_at
+from pipelines.run import main
+
+
+def _set(prep, ipc=3, method="random"):
+    idx = torch.cat([torch.nonzero(prep.data.train_y == c).flatten()[:ipc] for c in range(10)])
+    return SyntheticSet(prep.train_x[idx].clone(), prep.data.train_y[idx].clone(), list(prep.data.classes),
+                        prep.preprocess, {"dataset": "digits", "method": method, "ipc": ipc})
+
+
+def test_lr_schedule_steps_at_half():
+    lrs = [lr_at(e, 10, 0.01) for e in range(10)]
+    assert lrs == [0.01] * 5 + [pytest.approx(0.001)] * 5
+    # the schedule is what the optimiser actually used
+    seen = []
+
+    class Spy(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
+    orig = torch.optim.SGD
+    torch.optim.SGD = Spy
+    try:
+        train_group(parse_arch("convnet"), 1, x, y, 2, EvalConfig(epochs=4, batch=4, dsa="none"),
+                    torch.Generator().manual_seed(0), ensemble=False)
+    finally:
+        torch.optim.SGD = orig
+    assert seen == [0.01, 0.01, pytest.approx(0.001), pytest.approx(0.001)]
+
+
+def test_test_set_goes_through_the_sets_own_preprocessing(digits, digits_prep):
+    odd = Preprocess(mean=torch.tensor([0.9]), std=torch.tensor([0.1]))  # not the dataset's statistics
+    s = _set(digits_prep)
+    s = SyntheticSet(s.images, s.labels, s.class_names, odd, s.meta)
+    tx = eval_inputs(s, digits)
+    assert torch.allclose(tx, (digits.test_x.float() / 255 - 0.9) / 0.1)
+
+
+@pytest.mark.parametrize("arch", ["convnet", "convnet-layernorm"])
+def test_ensembled_equals_sequential(digits_prep, arch):
+    s = _set(digits_prep)
+    cfg = EvalConfig(models=3, epochs=3, batch=16)
+    spec = parse_arch(arch)
+    a = train_group(spec, 3, s.images, s.labels, 10, cfg, torch.Generator().manual_seed(0), ensemble=True)
+    b = train_group(spec, 3, s.images, s.labels, 10, cfg, torch.Generator().manual_seed(0), ensemble=False)
+    for name, stacked in a.params.items():
+        seq = torch.stack([dict(n.named_parameters())[name] for n in b.nets])
+        assert torch.allclose(stacked, seq, atol=1e-5), name
+    tx, ty = digits_prep.test_x[:200], digits_prep.data.test_y[:200]
+    assert a.accuracies(tx, ty) == pytest.approx(b.accuracies(tx, ty), abs=0.01)
+    # the models differ from each other (own init, own batch order)
+    assert not torch.allclose(a.params["classifier.weight"][0], a.params["classifier.weight"][1])
+
+
+def test_batchnorm_is_not_ensembled():
+    assert not can_ensemble(parse_arch("convnet-batchnorm"), 1, 10, (16, 16), torch.device("cpu"))
+    assert can_ensemble(parse_arch("convnet"), 1, 10, (16, 16), torch.device("cpu"))
+
+
+def test_evaluate_set_learns(digits_prep):
+    s = _set(digits_prep, ipc=5)
+    res = evaluate_set(s, digits_prep.test_x, digits_prep.data.test_y,
+                       resolve_eval(EvalConfig(models=2, epochs=60, archs=["convnet", "convnet-batchnorm"]), "digits"))
+    assert [r.arch for r in res] == ["convnet", "convnet-batchnorm"]
+    for r in res:
+        assert len(r.accuracies) == 2 and r.mean > 0.5  # chance is 0.1
+
+
+def test_arch_parsing():
+    assert parse_arch("resnet18-batchnorm") == dataclasses.replace(parse_arch("resnet18"), norm="batchnorm")
+    assert expand_archs(["all"]) == list(ALL_ARCHS)
+    with pytest.raises(UserError, match="unknown architecture 'lenet'"):
+        parse_arch("lenet")
+    with pytest.raises(UserError, match="unknown norm"):
+        parse_arch("convnet-foo")
+    with pytest.raises(UserError, match="unknown ensemble"):
+        resolve_eval(EvalConfig(ensemble="maybe"))
+    assert resolve_eval(EvalConfig(), "digits").epochs == 300 and resolve_eval(EvalConfig()).epochs == 1000
+
+
+def test_set_that_does_not_fit_the_dataset(digits, digits_prep):
+    s = _set(digits_prep)
+    other = SyntheticSet(s.images, s.labels, s.class_names, s.preprocess, {**s.meta, "dataset": "cifar10"})
+    with pytest.raises(UserError, match="made from 'cifar10'"):
+        eval_inputs(other, digits)
+    native = load_dataset("digits", resolution=8)
+    with pytest.raises(UserError, match=r"images are \(1, 16, 16\).*\(1, 8, 8\)"):
+        eval_inputs(s, native)
+    few = SyntheticSet(s.images[:6], s.labels[:6] % 3, ["a", "b", "c"], s.preprocess, {})
+    with pytest.raises(UserError, match="3 classes, digits has 10"):
+        eval_inputs(few, digits)
+
+
+def test_cli_evaluate_writes_tables(tmp_path, digits_prep, capsys):
+    s = _set(digits_prep)
+    s.save(tmp_path / "s.pt")
+    code = main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--models", "2", "--epochs", "2",
+                 "--arch", "convnet,alexnet", "--quiet"])
+    assert code == 0
+    md = (tmp_path / "evaluation.md").read_text()
+    assert "| convnet | 2 |" in md and "| alexnet | 2 |" in md
+    assert (tmp_path / "evaluation.csv").is_file() and (tmp_path / "evaluation.json").is_file()
+    code = main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--arch", "lenet", "--quiet"])
+    assert code == 2 and "unknown architecture" in capsys.readouterr().err
