@@ -30,7 +30,7 @@ from distill import augment  # noqa: E402
 from distill.data import ClassIndex  # noqa: E402
 from distill.distiller import DistillConfig, loss_and_grad, match_weights, resolve  # noqa: E402
 from distill.matching import matching_loss  # noqa: E402
-from distill.nets import build_net, init_weights  # noqa: E402
+from distill.nets import build_net  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def main() -> None:
             classes_idx = [np.arange(c * shape.per_class, (c + 1) * shape.per_class) for c in range(k)]
             syn_ref = syn.detach().clone().requires_grad_(True)
             opt = torch.optim.SGD([syn_ref], lr=cfg.lr_img, momentum=cfg.momentum)
-            fns["reference"] = lambda: reference_step(train_x, classes_idx, syn_ref, opt, cfg, k)
+            fns["reference"] = lambda tx=train_x: reference_step(tx, classes_idx, syn_ref, opt, cfg, k)
         res = measure(fns, dev, warmup, iters)
         ours_ms, ours_peak = res["ours"]
         ref_ms, ref_peak = res.get("reference", (float("nan"), float("nan")))

@@ -29,12 +29,13 @@ from . import augment, coreset
 from .config import to_dict
 from .data import ClassIndex, ImageData
 from .errors import UserError, choice_error
+from .evaluate import EvalConfig, train_group
 from .matching import MatchWeights, class_statistics, concat_statistics, statistics_loss
 from .methods import get_method
 from .nets import INITS, NetSpec, has_batch_statistics, init_weights
 from .preprocess import Preprocess
 from .synset import SyntheticSet, atomic_save
-from .train import accuracy, embed_all, train_net
+from .train import embed_all
 
 PRESETS = ("paper", "reference_code")
 INITS_SYN = ("real", "noise", "kcenter")
@@ -176,11 +177,10 @@ def check_ipc(data: ImageData, ipc: int) -> None:
 def selection_embeddings(prep: Prepared, cfg: DistillConfig, generator: torch.Generator) -> Tensor:
     """Embeddings of every training image from a ConvNet trained ``embed_epochs`` epochs on the
     real training set (evaluation recipe, no augmentation), for herding and k-center."""
-    size = prep.data.image_size
-    net = cfg.net.spec().build(prep.data.channels, prep.num_classes, size).to(prep.train_x.device)
-    init_weights(net, cfg.net.init or "he", generator)
-    train_net(net, prep.train_x, prep.data.train_y, cfg.embed_epochs, generator, dsa_strategy=None)
-    return embed_all(net, prep.train_x)
+    recipe = EvalConfig(epochs=cfg.embed_epochs, dsa="none", init=cfg.net.init or "he")
+    group = train_group(cfg.net.spec(), 1, prep.train_x, prep.data.train_y, prep.num_classes, recipe,
+                        generator, ensemble=False)
+    return embed_all(group.nets[0], prep.train_x)
 
 
 def _labels(k: int, ipc: int, device: torch.device | str) -> Tensor:
@@ -382,8 +382,7 @@ def distill(
 def quick_eval(prep: Prepared, images: Tensor, cfg: DistillConfig) -> float:
     """Train one ConvNet on the current images (evaluation recipe) and test it."""
     gen = torch.Generator(device=images.device).manual_seed(cfg.seed + 1)
-    net = cfg.net.spec().build(prep.data.channels, prep.num_classes, prep.data.image_size).to(images.device)
-    init_weights(net, "he", gen)
+    recipe = EvalConfig(epochs=cfg.eval_epochs, dsa=cfg.dsa or "none")
     labels = _labels(prep.num_classes, cfg.ipc, images.device)
-    train_net(net, images, labels, cfg.eval_epochs, gen, dsa_strategy=cfg.dsa or None)
-    return accuracy(net, prep.test_x, prep.data.test_y)
+    group = train_group(cfg.net.spec(), 1, images, labels, prep.num_classes, recipe, gen, ensemble=False)
+    return group.accuracies(prep.test_x, prep.data.test_y)[0]
