@@ -125,3 +125,11 @@ def test_chunking_does_not_change_loss_or_gradient(digits_prep):
     for loss, grad in results[:2]:
         assert loss == pytest.approx(results[2][0], rel=1e-5)
         assert torch.allclose(grad, results[2][1], rtol=1e-4, atol=1e-7)
+
+
+def test_periodic_evaluation_hook(digits_prep):
+    seen = []
+    distill(digits_prep, _cfg(iterations=4, eval_every=2, eval_epochs=2), progress=False,
+            on_eval=lambda it, acc: seen.append((it, acc)))
+    assert [it for it, _ in seen] == [2, 4]
+    assert all(0.0 <= acc <= 1.0 for _, acc in seen)
