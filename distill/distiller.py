@@ -348,6 +348,12 @@ def distill(
     t0 = time.perf_counter()
     pending: list[Tensor] = []
 
+    def flush() -> None:
+        """Move the losses still on the device into ``losses`` (one sync per call)."""
+        if pending:
+            losses.extend(torch.stack(pending).cpu().tolist())
+            pending.clear()
+
     from tqdm import tqdm
 
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
@@ -359,21 +365,17 @@ def distill(
         pending.append(loss.detach())
         done = it + 1
         if done % 10 == 0 or done == cfg.iterations:
-            losses.extend(torch.stack(pending).cpu().tolist())
-            pending.clear()
+            flush()
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
         if ckpt is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0):
-            if pending:
-                losses.extend(torch.stack(pending).cpu().tolist())
-                pending.clear()
+            flush()
             State(done, syn, opt.state_dict(), gen.get_state(), losses).save(ckpt, cfg)
         if cfg.eval_every and done % cfg.eval_every == 0:
             acc = quick_eval(prep, syn.detach(), cfg)
             bar.write(f"iteration {done}: quick-eval accuracy {acc:.4f}")
             if on_eval:
                 on_eval(done, acc)
-    if pending:
-        losses.extend(torch.stack(pending).cpu().tolist())
+    flush()
     seconds = time.perf_counter() - t0
     return _make_set(prep, syn, cfg, {"iterations": cfg.iterations, "seconds": seconds,
                                       "losses": losses[-1000:], "final_loss": losses[-1] if losses else math.nan})

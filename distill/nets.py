@@ -162,28 +162,24 @@ class _ConvNormAct(nn.Sequential):
         self.out_spatial = out
 
 
-class AlexNet(_Net):
-    """AlexNet as used for cross-architecture evaluation in DC/DM (conv 128/192/256/192/192,
-    three 2x2 max-pools), with a selectable norm after each convolution (``none`` default)."""
+class _StagedNet(_Net):
+    """Stages of convolutions, each followed by an optional 2x2 max-pool; a linear head on the
+    flattened output. ``blocks`` are the stage outputs before pooling."""
 
-    def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
-                 norm: str = "none"):
-        super().__init__()
-        spec = [(128, 5, 4 if in_channels == 1 else 2, True), (192, 5, 2, True),
-                (256, 3, 1, False), (192, 3, 1, False), (192, 3, 1, True)]
-        spatial, cin, layers = tuple(image_size), in_channels, []
-        for cout, k, pad, pool in spec:
-            layer = _ConvNormAct(cin, cout, k, pad, norm, spatial)
-            spatial = layer.out_spatial
-            pool_layer: nn.Module = nn.Identity()
-            if pool and min(spatial) >= 2:
-                pool_layer = nn.MaxPool2d(2, 2)
-                spatial = (spatial[0] // 2, spatial[1] // 2)
-            layers.append(nn.ModuleDict({"layer": layer, "pool": pool_layer}))
-            cin = cout
-        self.stages = nn.ModuleList(layers)
-        self.embed_dim = cin * spatial[0] * spatial[1]
+    def _finish(self, stages: list[nn.Module], channels: int, spatial: tuple[int, int],
+                num_classes: int) -> None:
+        self.stages = nn.ModuleList(stages)
+        self.embed_dim = channels * spatial[0] * spatial[1]
         self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    @staticmethod
+    def _stage(layer: nn.Module, spatial: tuple[int, int], pool: bool) -> tuple[nn.Module, tuple[int, int]]:
+        """A stage and its output size; a pool whose input is 1 px is skipped (small images)."""
+        pool_layer: nn.Module = nn.Identity()
+        if pool and min(spatial) >= 2:
+            pool_layer = nn.MaxPool2d(2, 2)
+            spatial = (spatial[0] // 2, spatial[1] // 2)
+        return nn.ModuleDict({"layer": layer, "pool": pool_layer}), spatial
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         feats = []
@@ -194,7 +190,25 @@ class AlexNet(_Net):
         return feats, x.flatten(1)
 
 
-class VGG11(_Net):
+class AlexNet(_StagedNet):
+    """AlexNet as used for cross-architecture evaluation in DC/DM (conv 128/192/256/192/192,
+    three 2x2 max-pools), with a selectable norm after each convolution (``none`` default)."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int],
+                 norm: str = "none"):
+        super().__init__()
+        spec = [(128, 5, 4 if in_channels == 1 else 2, True), (192, 5, 2, True),
+                (256, 3, 1, False), (192, 3, 1, False), (192, 3, 1, True)]
+        spatial, cin, stages = tuple(image_size), in_channels, []
+        for cout, k, pad, pool in spec:
+            layer = _ConvNormAct(cin, cout, k, pad, norm, spatial)
+            stage, spatial = self._stage(layer, layer.out_spatial, pool)
+            stages.append(stage)
+            cin = cout
+        self._finish(stages, cin, spatial, num_classes)
+
+
+class VGG11(_StagedNet):
     """VGG-11 (cfg 64,M,128,M,256,256,M,512,512,M,512,512,M) with a selectable norm
     (``instancenorm`` default, as in DC's VGG11; ``batchnorm`` for VGG11-BN). A max-pool whose
     input is already 1 px is skipped so small images (digits) fit."""
@@ -209,11 +223,8 @@ class VGG11(_Net):
         current: list[nn.Module] = []
         for i, v in enumerate(self.CFG):
             if v == "M":
-                pool: nn.Module = nn.Identity()
-                if min(spatial) >= 2:
-                    pool = nn.MaxPool2d(2, 2)
-                    spatial = (spatial[0] // 2, spatial[1] // 2)
-                stages.append(nn.ModuleDict({"layer": nn.Sequential(*current), "pool": pool}))
+                stage, spatial = self._stage(nn.Sequential(*current), spatial, pool=True)
+                stages.append(stage)
                 current = []
                 continue
             pad = 3 if (i == 0 and in_channels == 1 and tuple(image_size) == (28, 28)) else 1
@@ -221,17 +232,7 @@ class VGG11(_Net):
             spatial = layer.out_spatial
             current.append(layer)
             cin = int(v)
-        self.stages = nn.ModuleList(stages)
-        self.embed_dim = cin * spatial[0] * spatial[1]
-        self.classifier = nn.Linear(self.embed_dim, num_classes)
-
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        feats = []
-        for stage in self.stages:
-            x = stage["layer"](x)
-            feats.append(x)
-            x = stage["pool"](x)
-        return feats, x.flatten(1)
+        self._finish(stages, cin, spatial, num_classes)
 
 
 class BasicBlock(nn.Module):
