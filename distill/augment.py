@@ -207,22 +207,11 @@ def apply(x: Tensor, p: DSAParams) -> Tensor:
     return x
 
 
-def group_ids(num_groups: int, per_group: int, device: torch.device | str = "cpu") -> Tensor:
-    """``[0]*per_group + [1]*per_group + ...``: the group of each row of a class-major stack."""
-    return torch.arange(num_groups, device=device).repeat_interleave(per_group)
-
-
-def siamese(x_real: Tensor, x_syn: Tensor, num_classes: int, generator: torch.Generator | None,
-            strategy: str = DEFAULT_STRATEGY) -> tuple[Tensor, Tensor]:
-    """Siamese DSA for class-major stacks: ``x_real`` is ``[K*B, ...]`` (B real images of each
-    class in turn), ``x_syn`` ``[K*I, ...]``; class k's real and synthetic images share one
-    parameter draw, different classes get different draws."""
-    size = (x_real.shape[2], x_real.shape[3])
-    p = sample_params(num_classes, size, generator, strategy, x_real.device)
-    b, i = len(x_real) // num_classes, len(x_syn) // num_classes
-    real = apply(x_real, p.index(group_ids(num_classes, b, x_real.device)))
-    syn = apply(x_syn, p.index(group_ids(num_classes, i, x_syn.device)))
-    return real, syn
+def group_ids(first: int, last: int, per_group: int, device: torch.device | str = "cpu") -> Tensor:
+    """Group of each row of a class-major stack of classes ``first..last-1`` with ``per_group``
+    rows each: ``[first]*per_group + [first+1]*per_group + ...``. Siamese DSA indexes one
+    parameter draw per class with these ids for the real and for the synthetic stack."""
+    return torch.arange(first, last, device=device).repeat_interleave(per_group)
 
 
 def per_sample(x: Tensor, generator: torch.Generator | None, strategy: str = DEFAULT_STRATEGY,

@@ -257,7 +257,7 @@ def loss_and_grad(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn:
     with torch.no_grad():
         for c0 in range(0, k, step):
             ids = idx[c0 : c0 + step]
-            groups = torch.arange(c0, c0 + len(ids), device=dev).repeat_interleave(cfg.batch_real)
+            groups = augment.group_ids(c0, c0 + len(ids), cfg.batch_real, dev)
             feats, emb = net.forward_features(augment.apply(train_x[ids.flatten()], params.index(groups)))
             chunks.append(class_statistics(feats, emb, len(ids), weights))
     real = concat_statistics(chunks) if len(chunks) > 1 else chunks[0]
@@ -265,8 +265,7 @@ def loss_and_grad(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn:
     step = chunk_classes(cfg, net, k, ipc, dev)
     for c0 in range(0, k, step):
         c1 = min(k, c0 + step)
-        groups = torch.arange(c0, c1, device=dev).repeat_interleave(ipc)
-        x_syn = augment.apply(syn[c0 * ipc : c1 * ipc], params.index(groups))
+        x_syn = augment.apply(syn[c0 * ipc : c1 * ipc], params.index(augment.group_ids(c0, c1, ipc, dev)))
         feats, emb = net.forward_features(x_syn)
         loss = statistics_loss(_slice_stats(real, c0, c1), class_statistics(feats, emb, c1 - c0, weights),
                                weights)[0]

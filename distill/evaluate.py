@@ -280,9 +280,9 @@ def evaluate_set(
         gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + i)
         # auto: ensembled on a GPU; on the CPU vmap's grouped convolutions are slower than
         # training one model after another (benchmarks/RESULTS.md), with identical results
-        ens = cfg.ensemble == "on" or (cfg.ensemble == "auto" and cfg.models > 1 and dev.type == "cuda"
-                                       and can_ensemble(spec, x.shape[1], synset.num_classes, size, dev))
-        if cfg.ensemble == "on" and not can_ensemble(spec, x.shape[1], synset.num_classes, size, dev):
+        wanted = cfg.ensemble == "on" or (cfg.ensemble == "auto" and cfg.models > 1 and dev.type == "cuda")
+        ens = wanted and can_ensemble(spec, x.shape[1], synset.num_classes, size, dev)
+        if cfg.ensemble == "on" and not ens:
             raise UserError(f"{token} cannot be ensembled (batch statistics or vmap limits); use ensemble: auto")
         t0 = time.perf_counter()
         group = train_group(spec, cfg.models, x, y, synset.num_classes, cfg, gen, ens, progress,

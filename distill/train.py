@@ -1,5 +1,5 @@
 """Small helpers around single networks: the LR schedule of the evaluation recipe (PROTOCOLS.md
-section 3), predictions, accuracy and embeddings. Training itself lives in
+section 3) and embeddings. Training itself lives in
 ``distill.evaluate.train_group``."""
 
 from __future__ import annotations
@@ -9,21 +9,9 @@ import torch.nn as nn
 from torch import Tensor
 
 
-
 def lr_at(epoch: int, epochs: int, lr: float) -> float:
     """Step schedule of the reference code: ``lr`` for the first half, ``lr / 10`` after."""
     return lr if epoch < epochs // 2 else lr * 0.1
-
-
-@torch.no_grad()
-def predict(net: nn.Module, x: Tensor, batch: int = 1024) -> Tensor:
-    net.eval()
-    return torch.cat([net(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
-
-
-def accuracy(net: nn.Module, x: Tensor, y: Tensor, batch: int = 1024) -> float:
-    """Top-1 accuracy of ``net`` on ``(x, y)``."""
-    return float((predict(net, x, batch) == y).float().mean()) if len(y) else float("nan")
 
 
 @torch.no_grad()

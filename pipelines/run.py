@@ -30,7 +30,7 @@ from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolv
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, EvalConfig, evaluate_set, resolve_eval, eval_inputs
 from distill.report import markdown_table, pct, write_tables
-from distill.methods import METHODS
+from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
 
 
@@ -101,10 +101,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         "distill.iterations": args.iterations, "distill.seed": args.seed,
     })
     device = pick_device(args.device)
-    if job.dataset.name.lower() not in DATASETS:
-        raise UserError(f"unknown dataset {job.dataset.name!r}; allowed: {', '.join(DATASETS)}")
-    if job.distill.method.lower() not in METHODS:
-        raise UserError(f"unknown method {job.distill.method!r}; allowed: {', '.join(METHODS)}")
+    get_method(job.distill.method)  # a typo fails before any data is loaded
     data = load_dataset(job.dataset.name, job.dataset.root, job.dataset.resolution, job.dataset.download)
     cfg = resolve(job.distill, data.image_size[0], data.name)
     check_ipc(data, cfg.ipc)

@@ -94,13 +94,17 @@ def test_parameter_ranges():
 
 
 def test_siamese_same_within_class_different_across(gen):
+    assert A.group_ids(2, 4, 3).tolist() == [2, 2, 2, 3, 3, 3]
     k, b, i = 5, 4, 2
     base = torch.randn(1, 3, 16, 16, generator=gen)
     # identical images everywhere: after siamese DSA, real and synthetic images of one class
     # must still be identical (same parameters), while classes differ
     x_real = base.repeat(k * b, 1, 1, 1)
     x_syn = base.repeat(k * i, 1, 1, 1).clone().requires_grad_(True)
-    r, s = A.siamese(x_real, x_syn, k, torch.Generator().manual_seed(7))
+    # the distiller's mechanism: one draw per class, indexed by each stack's class ids
+    p = A.sample_params(k, (16, 16), torch.Generator().manual_seed(7))
+    r = A.apply(x_real, p.index(A.group_ids(0, k, b)))
+    s = A.apply(x_syn, p.index(A.group_ids(0, k, i)))
     r = r.view(k, b, *base.shape[1:])
     s = s.view(k, i, *base.shape[1:])
     for c in range(k):
