@@ -174,12 +174,13 @@ def check_ipc(data: ImageData, ipc: int) -> None:
                         f"which has {int(counts[small])} training images; use ipc <= {int(counts.min())}")
 
 
-def selection_embeddings(prep: Prepared, cfg: DistillConfig, generator: torch.Generator) -> Tensor:
+def selection_embeddings(prep: Prepared, cfg: DistillConfig, generator: torch.Generator,
+                         progress: bool = False) -> Tensor:
     """Embeddings of every training image from a ConvNet trained ``embed_epochs`` epochs on the
     real training set (evaluation recipe, no augmentation), for herding and k-center."""
     recipe = EvalConfig(epochs=cfg.embed_epochs, dsa="none", init=cfg.net.init or "he")
     group = train_group(cfg.net.spec(), 1, prep.train_x, prep.data.train_y, prep.num_classes, recipe,
-                        generator, ensemble=False)
+                        generator, ensemble=False, progress=progress, desc="embedding ConvNet")
     return embed_all(group.nets[0], prep.train_x)
 
 
@@ -194,14 +195,14 @@ def _make_set(prep: Prepared, images: Tensor, cfg: DistillConfig, extra: dict[st
                         class_names=list(prep.data.classes), preprocess=prep.preprocess, meta=meta)
 
 
-def select(prep: Prepared, cfg: DistillConfig) -> SyntheticSet:
+def select(prep: Prepared, cfg: DistillConfig, progress: bool = False) -> SyntheticSet:
     """Coreset baselines (random / herding / kcenter) as a SyntheticSet."""
     check_ipc(prep.data, cfg.ipc)
     gen = torch.Generator(device=prep.train_x.device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
     emb = None
     if cfg.method != "random":
-        emb = selection_embeddings(prep, cfg, gen)
+        emb = selection_embeddings(prep, cfg, gen, progress)
     cpu_gen = torch.Generator().manual_seed(cfg.seed)
     idx = coreset.select_per_class(prep.data.train_y, prep.num_classes, cfg.ipc, cfg.method, emb, cpu_gen)
     images = prep.train_x[idx.to(prep.train_x.device)]
@@ -209,7 +210,7 @@ def select(prep: Prepared, cfg: DistillConfig) -> SyntheticSet:
                                          "source_indices": idx.tolist()})
 
 
-def initial_images(prep: Prepared, cfg: DistillConfig, gen: torch.Generator) -> Tensor:
+def initial_images(prep: Prepared, cfg: DistillConfig, gen: torch.Generator, progress: bool = False) -> Tensor:
     """Synthetic initialisation, class-major ``[K*ipc, C, H, W]``."""
     k, dev = prep.num_classes, prep.train_x.device
     if cfg.init == "real":
@@ -217,7 +218,7 @@ def initial_images(prep: Prepared, cfg: DistillConfig, gen: torch.Generator) -> 
         return prep.train_x[idx.flatten()].clone()
     if cfg.init == "noise":
         return torch.randn((k * cfg.ipc, *prep.train_x.shape[1:]), generator=gen, device=dev)
-    emb = selection_embeddings(prep, cfg, gen)
+    emb = selection_embeddings(prep, cfg, gen, progress)
     idx = coreset.select_per_class(prep.data.train_y, k, cfg.ipc, "kcenter", emb)
     return prep.train_x[idx.to(dev)].clone()
 
@@ -314,7 +315,7 @@ def distill(
     """
     method = get_method(cfg.method)
     if method.kind == "select":
-        return select(prep, cfg)
+        return select(prep, cfg, progress)
     check_ipc(prep.data, cfg.ipc)
     dev = prep.train_x.device
     k, size = prep.num_classes, prep.data.image_size
@@ -338,7 +339,7 @@ def distill(
                       blob["generator"], list(blob["losses"]))
         gen.set_state(state.generator)
 
-    syn = (state.images if state else initial_images(prep, cfg, gen)).clone().requires_grad_(True)
+    syn = (state.images if state else initial_images(prep, cfg, gen, progress)).clone().requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
     if state:
         opt.load_state_dict(state.optimizer)
