@@ -330,6 +330,7 @@ def _load_digits(resolution: int) -> ImageData:
 
 DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "imagenette", "imagewoof",
             "imagesquawk", "digits")
+FIXED_RESOLUTION = ("cifar10", "cifar100", "tinyimagenet")  # the others are resized on load
 DEFAULT_RESOLUTION = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64, "imagefolder": 128,
                       "imagenette": 128, "imagewoof": 128, "imagesquawk": 128, "digits": 16}
 
@@ -350,7 +351,7 @@ def load_dataset(
         raise choice_error("dataset", name, DATASETS)
     root = Path(root)
     res = resolution or DEFAULT_RESOLUTION[name]
-    if name in ("cifar10", "cifar100", "tinyimagenet") and resolution not in (None, res):
+    if name in FIXED_RESOLUTION and resolution not in (None, res):
         raise UserError(f"{name} comes at {res}x{res}; resolution {resolution} is not supported")
     if res < 4:
         raise UserError(f"resolution must be at least 4, got {res}")

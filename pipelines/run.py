@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from distill.config import apply_override, from_dict, load_yaml, to_dict
-from distill.data import DATASETS, load_dataset
+from distill.data import DATASETS, FIXED_RESOLUTION, load_dataset
 from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, EvalConfig, evaluate_set, resolve_eval, eval_inputs
@@ -149,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     cfg = resolve_eval(job.eval, job.dataset.name)
     res = job.dataset.resolution
-    if res is None and job.dataset.name in ("digits", "imagefolder", "imagenette", "imagewoof", "imagesquawk"):
+    if res is None and job.dataset.name not in FIXED_RESOLUTION:
         res = synset.image_shape[1]  # load the real data at the set's size
     data = load_dataset(job.dataset.name, job.dataset.root, res, job.dataset.download)
     test_x = eval_inputs(synset, data)
