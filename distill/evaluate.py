@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -256,7 +256,7 @@ def resolve_eval(cfg: EvalConfig, dataset: str | None = None) -> EvalConfig:
         raise UserError(f"models must be at least 1, got {cfg.models}")
     augment.parse_strategy(cfg.dsa)
     epochs = cfg.epochs if cfg.epochs is not None else QUICK_EPOCHS.get(dataset or "", 1000)
-    return EvalConfig(**{**cfg.__dict__, "epochs": epochs, "archs": expand_archs(cfg.archs)})
+    return replace(cfg, epochs=epochs, archs=expand_archs(cfg.archs))
 
 
 def evaluate_set(

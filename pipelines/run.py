@@ -1,4 +1,4 @@
-"""The toolkit's command line: ``python pipelines/run.py {distill,evaluate,export} [options]``.
+"""The toolkit's command line: ``python pipelines/run.py {distill,evaluate,export,continual} [options]``.
 
 Every subcommand takes ``--config FILE.yaml`` (keys documented in ``pipelines/configs/``),
 ``--set key=value`` overrides (repeatable), ``--out DIR`` (default: a fresh directory under
@@ -9,40 +9,25 @@ Every subcommand takes ``--config FILE.yaml`` (keys documented in ``pipelines/co
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 try:  # running as a script from a checkout without installing the package
     import distill  # noqa: F401
 except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
-import yaml
-
-from distill.config import apply_override, from_dict, load_yaml, to_dict
-from distill.data import DATASETS, FIXED_RESOLUTION, load_dataset
+from distill.config import to_dict
+from distill.data import DATASETS
 from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, EvalConfig, evaluate_set, resolve_eval, eval_inputs
 from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
-
-
-@dataclass
-class DataConfig:
-    """Which real dataset, where it lives, and how it is preprocessed."""
-
-    name: str = "cifar10"
-    root: str = "data"  # data folder (for imagefolder: the tree itself)
-    resolution: int | None = None  # None: the dataset's native/default size
-    zca: bool | None = None  # None: on for CIFAR (the papers), off elsewhere
-    download: bool = True  # torchvision download on first use (CIFAR)
+from pipelines import continual_cmd
+from pipelines.common import DataConfig, build_config, pick_device, run_dir, write_yaml
 
 
 @dataclass
@@ -51,43 +36,6 @@ class DistillJob:
 
     dataset: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
-    return dev
-
-
-def run_dir(out: str | None, stem: str) -> Path:
-    if out:
-        path = Path(out)
-    else:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{stem}-{stamp}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def build_config(cls: type, args: argparse.Namespace, cli: dict[str, Any]) -> Any:
-    """File (``--config``) < explicit CLI flags < ``--set`` overrides."""
-    data = load_yaml(args.config) if args.config else {}
-    for key, value in cli.items():
-        if value is not None:
-            apply_override(data, f"{key}={json.dumps(value)}")
-    for override in args.set or []:
-        apply_override(data, override)
-    return from_dict(cls, data)
-
-
-def write_yaml(path: Path, data: Any) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 # --------------------------------------------------------------------------------------
@@ -102,7 +50,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     })
     device = pick_device(args.device)
     get_method(job.distill.method)  # a typo fails before any data is loaded
-    data = load_dataset(job.dataset.name, job.dataset.root, job.dataset.resolution, job.dataset.download)
+    data = job.dataset.load()
     cfg = resolve(job.distill, data.image_size[0], data.name)
     check_ipc(data, cfg.ipc)
     out = run_dir(args.out, f"distill-{data.name}-{cfg.method}-ipc{cfg.ipc}")
@@ -148,10 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     })
     device = pick_device(args.device)
     cfg = resolve_eval(job.eval, job.dataset.name)
-    res = job.dataset.resolution
-    if res is None and job.dataset.name not in FIXED_RESOLUTION:
-        res = synset.image_shape[1]  # load the real data at the set's size
-    data = load_dataset(job.dataset.name, job.dataset.root, res, job.dataset.download)
+    data = job.dataset.load(synset.image_shape[1])  # the real data at the set's size
     test_x = eval_inputs(synset, data)
     out = Path(args.out) if args.out else Path(args.synset).parent
     print(f"evaluating {args.synset} ({synset.meta.get('method', '?')}, ipc {synset.ipc}, "
@@ -179,6 +124,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         path = synset.export_npz(out.with_suffix(".npz"))
     elif args.format == "png":
         path = synset.export_png(out if args.out else out.parent / (out.name + "_png"))
+    elif args.format == "avalanche":
+        from continual.memory import export_buffers
+
+        path = export_buffers(synset, out.with_suffix(".buffers.pt"))
     else:  # grid
         path = synset.save_grid(out.with_suffix(".png"))
     print(f"exported {len(synset.labels)} images ({synset.num_classes} classes) to {path}")
@@ -205,7 +154,8 @@ def make_parser() -> argparse.ArgumentParser:
                "  python pipelines/run.py distill --dataset digits --method atom --ipc 10\n"
                "  python pipelines/run.py distill --dataset cifar10 --method datadam --ipc 50\n"
                "  python pipelines/run.py evaluate --synset runs/x/synset.pt --models 20 --arch convnet,resnet18\n"
-               "  python pipelines/run.py export --synset runs/x/synset.pt --format npz")
+               "  python pipelines/run.py export --synset runs/x/synset.pt --format npz\n"
+               "  python pipelines/run.py continual --steps 5 --dataset digits")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("distill", help="condense a dataset into a synthetic set (or a coreset)",
@@ -241,11 +191,16 @@ def make_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a synthetic set for other code",
                        description="Export a synthetic-set file to .npz (numpy), a PNG folder per class "
-                                   "(ImageFolder layout) or one image-grid PNG.")
+                                   "(ImageFolder layout), per-class replay buffers (.buffers.pt) or one "
+                                   "image-grid PNG.")
     e.add_argument("--synset", required=True, help="path of a synset.pt file")
-    e.add_argument("--format", choices=("npz", "png", "grid"), default="npz")
+    e.add_argument("--format", choices=("npz", "png", "avalanche", "grid"), default="npz",
+                   help="npz: numpy arrays; png: ImageFolder tree; avalanche: per-class buffers "
+                        "(class id -> images) for continual-learning code, see the README; grid: one PNG")
     e.add_argument("--out", help="output path (default: next to the set)")
     e.set_defaults(func=cmd_export)
+
+    continual_cmd.add_parser(sub, _common)
     return parser
 
 

@@ -1,0 +1,52 @@
+"""The class-incremental benchmark (PROTOCOLS.md section 4): DM's class orders and an
+Avalanche 0.6 scenario with ``S`` experiences of ``K / S`` new classes each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+from distill.errors import UserError
+
+
+def dm_class_order(seed: int, num_classes: int) -> list[int]:
+    """DM's class order for ``seed``: ``np.random.seed(seed); np.random.permutation(K)``.
+
+    A ``RandomState(seed)`` draws the same stream as the global generator after
+    ``np.random.seed(seed)``, without touching global state."""
+    return [int(c) for c in np.random.RandomState(seed).permutation(num_classes)]
+
+
+def step_classes(order: list[int], steps: int) -> list[list[int]]:
+    """Split a class order into ``steps`` equal groups (the new classes of each step)."""
+    k = len(order)
+    if steps < 1 or k % steps:
+        divisors = [d for d in range(1, k + 1) if k % d == 0]
+        raise UserError(f"{k} classes cannot be split into {steps} equal steps; use one of "
+                        f"{', '.join(map(str, divisors))}")
+    per = k // steps
+    return [list(order[i * per : (i + 1) * per]) for i in range(steps)]
+
+
+def classification_dataset(x: Tensor, y: Tensor) -> Any:
+    """Tensors -> an Avalanche ``ClassificationDataset`` of ``(x, y)`` samples."""
+    from avalanche.benchmarks.utils import as_classification_dataset
+
+    ds = TensorDataset(x, y)
+    ds.targets = y.tolist()  # type: ignore[attr-defined]
+    return as_classification_dataset(ds)
+
+
+def make_benchmark(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                   order: list[int], steps: int) -> Any:
+    """Avalanche's ``class_incremental_benchmark`` over the given tensors, experiences
+    following ``order`` (labels keep their original ids, so heads stay K-way)."""
+    from avalanche.benchmarks.scenarios import class_incremental_benchmark
+
+    step_classes(order, steps)  # a clear error for an uneven split
+    return class_incremental_benchmark(
+        {"train": classification_dataset(train_x, train_y), "test": classification_dataset(test_x, test_y)},
+        class_order=list(order), num_experiences=steps)

@@ -1,0 +1,55 @@
+"""The continual-learning protocol's configuration (importable without avalanche)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from distill.errors import UserError
+from distill.evaluate import EvalConfig, resolve_eval
+from distill.methods import METHODS
+
+from .benchmark import step_classes
+
+DM_ORDERS = [0, 1, 2, 3, 4]
+DEFAULT_MEMORIES = ["random", "herding", "dm", "datadam", "atom"]
+# digits (offline, CPU): native 8x8 images, fewer orders/models/epochs, so the CLI runs in minutes
+QUICK = {"digits": {"orders": [0, 1, 2], "models": 1, "epochs": 150, "resolution": 8,
+                    "memories": ["random", "herding", "dm", "datadam"]}}
+
+
+@dataclass
+class ContinualConfig(EvalConfig):
+    """The CL protocol plus the training recipe of each step's models (the EvalConfig fields)."""
+
+    models: int | None = None  # networks per step and order (DM: 3; digits: 1)
+    steps: int = 10  # 5 or 10 on CIFAR-100
+    ipc: int = 20  # memory images per class
+    orders: list[int] | None = None  # class-order seeds (DM: 0..4; digits: 0..2)
+    memories: list[str] | None = None  # method names (made once, cached) or synset.pt paths
+    tensorboard: bool = False  # also log the per-step accuracies for TensorBoard
+
+
+def resolve_continual(cfg: ContinualConfig, dataset: str, num_classes: int) -> ContinualConfig:
+    """Fill the ``None`` fields (paper defaults, digits quick defaults) and validate."""
+    quick = QUICK.get(dataset, {})
+    cfg = replace(cfg,
+                  models=cfg.models if cfg.models is not None else quick.get("models", 3),
+                  orders=list(cfg.orders if cfg.orders is not None else quick.get("orders", DM_ORDERS)),
+                  memories=list(cfg.memories if cfg.memories is not None
+                                else quick.get("memories", DEFAULT_MEMORIES)),
+                  epochs=cfg.epochs if cfg.epochs is not None else quick.get("epochs"))
+    base = resolve_eval(cfg, dataset)
+    cfg = replace(cfg, epochs=base.epochs, archs=base.archs)
+    if len(cfg.archs) != 1:
+        raise UserError(f"the continual protocol trains one architecture, got {cfg.archs}")
+    step_classes(list(range(num_classes)), cfg.steps)
+    if cfg.ipc < 1:
+        raise UserError(f"continual.ipc must be at least 1, got {cfg.ipc}")
+    if not cfg.orders:
+        raise UserError("continual.orders is empty; give class-order seeds, e.g. [0, 1, 2, 3, 4]")
+    if not cfg.memories:
+        raise UserError(f"continual.memories is empty; give method names ({', '.join(METHODS)}) "
+                        "or synset.pt paths")
+    return cfg
+
+

@@ -1,0 +1,114 @@
+"""Synthetic replay memories: a SyntheticSet's per-class buffers as an Avalanche storage policy.
+
+Every class's synthetic images depend only on that class's data, so one IPC-20 set serves
+every class order and step count: the memory after step ``t`` is simply the buffers of the
+classes seen so far.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from avalanche.training.storage_policy import ExemplarsBuffer
+from torch import Tensor
+
+from distill.errors import UserError
+from distill.synset import SyntheticSet, atomic_save
+
+from .benchmark import classification_dataset
+
+BUFFERS_FORMAT = "attention-distill/class-buffers"
+
+
+def check_memory(synset: SyntheticSet, dataset: str, num_classes: int,
+                 image_shape: tuple[int, int, int], ipc: int, label: str = "the synthetic set") -> None:
+    """Fail with a clear message unless ``synset`` holds exactly ``ipc`` images of every one of
+    the dataset's ``num_classes`` classes, at the dataset's image shape."""
+    src = synset.meta.get("dataset")
+    if src and src != dataset:
+        raise UserError(f"{label} was made from {src!r}, but the benchmark runs on {dataset!r}; "
+                        f"use a memory distilled from {dataset}")
+    if synset.num_classes != num_classes:
+        raise UserError(f"{label} has {synset.num_classes} classes, {dataset} has {num_classes}")
+    if tuple(synset.image_shape) != tuple(image_shape):
+        raise UserError(f"{label} holds {tuple(synset.image_shape)} images, the benchmark's are "
+                        f"{tuple(image_shape)} (channels, height, width)")
+    counts = synset.counts()
+    missing = [k for k in range(num_classes) if counts[k] == 0]
+    if missing:
+        names = ", ".join(f"{k} ({synset.class_names[k]})" for k in missing[:5])
+        raise UserError(f"{label} has no images of {len(missing)} classes: {names}"
+                        f"{' ...' if len(missing) > 5 else ''}; a memory needs every class")
+    wrong = [k for k in range(num_classes) if counts[k] != ipc]
+    if wrong:
+        have = sorted({int(counts[k]) for k in wrong})
+        raise UserError(f"{label} has {'/'.join(map(str, have))} images per class where the memory "
+                        f"needs {ipc} (continual.ipc); distil it with --ipc {ipc} or set "
+                        f"continual.ipc={have[0]}")
+
+
+def memory_for(synset: SyntheticSet, classes: list[int], ipc: int) -> tuple[Tensor, Tensor]:
+    """The memory of a step: exactly ``ipc`` images of each class in ``classes`` (in that
+    order) and nothing else, as ``(images, labels)``."""
+    xs, ys = [], []
+    for c in classes:
+        imgs = synset.class_images(int(c))
+        if len(imgs) != ipc:
+            raise UserError(f"class {c} has {len(imgs)} images in the synthetic set, the memory needs {ipc}")
+        xs.append(imgs)
+        ys.append(torch.full((ipc,), int(c), dtype=torch.long, device=imgs.device))
+    if not xs:
+        return synset.images[:0], synset.labels[:0]
+    return torch.cat(xs), torch.cat(ys)
+
+
+class SyntheticMemory(ExemplarsBuffer):
+    """Avalanche storage policy whose memory is a SyntheticSet's buffers of the classes seen so far.
+
+    Plug it into ``ReplayPlugin(mem_size=m.max_size, storage_policy=m)`` or set it as
+    ``GDumbPlugin.storage_policy``. ``tensors`` holds the same memory as ``(x, y)`` tensors."""
+
+    def __init__(self, synset: SyntheticSet, ipc: int = 20, max_size: int | None = None,
+                 device: torch.device | str | None = None):
+        super().__init__(max_size if max_size is not None else synset.num_classes * ipc)
+        self.synset = synset if device is None else SyntheticSet(
+            synset.images.to(device), synset.labels.to(device), synset.class_names, synset.preprocess,
+            synset.meta)
+        self.ipc = ipc
+        self.classes: list[int] = []
+        self.tensors: tuple[Tensor, Tensor] = memory_for(self.synset, [], ipc)
+
+    def post_adapt(self, agent_state: Any, exp: Any) -> None:
+        """Fill the memory with the buffers of ``exp.classes_seen_so_far``."""
+        self.set_classes(sorted(int(c) for c in exp.classes_seen_so_far))
+
+    def set_classes(self, classes: list[int]) -> None:
+        if len(classes) * self.ipc > self.max_size:
+            raise UserError(f"{len(classes)} classes x {self.ipc} images exceed the memory size "
+                            f"{self.max_size}; give max_size >= {len(classes) * self.ipc}")
+        self.classes = list(classes)
+        self.tensors = memory_for(self.synset, self.classes, self.ipc)
+        x, y = self.tensors
+        self.buffer = classification_dataset(x.cpu(), y.cpu())
+
+    def resize(self, strategy: Any, new_size: int) -> None:
+        if new_size < len(self.classes) * self.ipc:
+            raise UserError(f"cannot shrink a synthetic memory below its {len(self.classes) * self.ipc} images")
+        self.max_size = new_size
+
+
+def export_buffers(synset: SyntheticSet, path: str | os.PathLike[str]) -> Path:
+    """Write the per-class buffers for other continual-learning code: a ``weights_only``
+    ``.pt`` with ``buffers`` (class id -> float ``[ipc, C, H, W]`` in network-input space),
+    ``class_names``, ``preprocess`` and ``meta`` (README: "Using buffers in other CL code")."""
+    labels = synset.labels.cpu()
+    buffers = {int(k): synset.images[labels == k].detach().cpu().contiguous()
+               for k in range(synset.num_classes) if bool((labels == k).any())}
+    state = synset.state()
+    blob = {"format": BUFFERS_FORMAT, "version": 1, "buffers": buffers,
+            "class_names": state["class_names"], "preprocess": state["preprocess"], "meta": state["meta"]}
+    atomic_save(blob, path)
+    return Path(path)

@@ -1,0 +1,129 @@
+"""DM's GDumb-like class-incremental protocol (PROTOCOLS.md section 4).
+
+For every class order and every step ``t``: the memory is the synthetic buffers of the classes
+seen so far (:class:`~continual.memory.SyntheticMemory`, filled from the Avalanche experience);
+``models`` fresh ConvNets with a K-way head are trained from scratch on it with the evaluation
+recipe (DSA, LR x0.1 at half) and tested on the real test images of the classes seen so far.
+
+Each (order, step) cell has its own generator, seeded from ``(seed, order, step)``: a cell's
+result does not depend on which cells ran before it, so an interrupted run continues cell by
+cell, and the models of step ``t`` are exactly those a fresh training on step ``t``'s memory
+gives (tested).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distill.evaluate import can_ensemble, parse_arch, train_group
+from distill.synset import SyntheticSet
+
+from .benchmark import dm_class_order, make_benchmark
+from .config import ContinualConfig
+from .memory import SyntheticMemory
+
+def cell_seed(seed: int, order: int, step: int) -> int:
+    """The generator seed of one (order, step) cell: independent of every other cell."""
+    return int(np.random.SeedSequence([seed, order, step]).generate_state(1)[0])
+
+
+@dataclass
+class CellResult:
+    order: int  # class-order seed
+    step: int  # 0-based
+    classes: int  # classes seen after this step
+    accuracies: list[float]  # one per model
+    seconds: float
+
+    def key(self) -> str:
+        return f"{self.order}/{self.step}"
+
+
+def run_memory(
+    synset: SyntheticSet,
+    test_x: Tensor,
+    test_y: Tensor,
+    benchmarks: dict[int, Any],
+    cfg: ContinualConfig,
+    device: torch.device | str = "cpu",
+    done: dict[str, CellResult] | None = None,
+    on_cell: Callable[[CellResult], None] | None = None,
+    progress: Any = None,
+) -> dict[str, CellResult]:
+    """Run the protocol for one memory over every class order in ``benchmarks`` (order seed ->
+    Avalanche benchmark). ``test_x`` is the whole real test set in the set's input space.
+    Cells in ``done`` are kept, not recomputed; ``on_cell`` sees each new cell."""
+    dev = torch.device(device)
+    spec = parse_arch(cfg.archs[0])
+    k = synset.num_classes
+    test_x, test_y = test_x.to(dev), test_y.to(dev)
+    size = (synset.images.shape[2], synset.images.shape[3])
+    want = cfg.ensemble == "on" or (cfg.ensemble == "auto" and int(cfg.models or 1) > 1 and dev.type == "cuda")
+    ens = want and can_ensemble(spec, synset.images.shape[1], k, size, dev)
+    results = dict(done or {})
+    memory = SyntheticMemory(synset, cfg.ipc, device=dev)
+    for order in cfg.orders or []:
+        for exp in benchmarks[order].train_stream:
+            step = int(exp.current_experience)
+            key = f"{order}/{step}"
+            if key in results:
+                continue
+            t0 = time.perf_counter()
+            memory.post_adapt(None, exp)
+            x, y = memory.tensors
+            gen = torch.Generator(device=dev).manual_seed(cell_seed(cfg.seed, order, step))
+            group = train_group(spec, int(cfg.models or 1), x, y, k, cfg, gen, ens)
+            seen = torch.tensor(memory.classes, device=dev)
+            mask = torch.isin(test_y, seen)
+            accs = group.accuracies(test_x[mask], test_y[mask])
+            cell = CellResult(order, step, len(memory.classes), accs, time.perf_counter() - t0)
+            results[key] = cell
+            if on_cell:
+                on_cell(cell)
+            if progress is not None:
+                progress.update(1)
+    return results
+
+
+def benchmarks_for(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                   num_classes: int, cfg: ContinualConfig) -> dict[int, Any]:
+    """One Avalanche benchmark per class-order seed (DM's orders)."""
+    return {o: make_benchmark(train_x, train_y, test_x, test_y, dm_class_order(o, num_classes), cfg.steps)
+            for o in cfg.orders or []}
+
+
+@dataclass
+class StepStats:
+    classes: int
+    mean: float
+    std: float
+    n: int  # accuracies pooled (models x orders)
+
+
+def step_stats(cells: dict[str, CellResult], orders: list[int], steps: int) -> list[StepStats]:
+    """Mean and (population) std per step over all models and class orders, as DM reports."""
+    out = []
+    for s in range(steps):
+        accs = [a for o in orders for a in cells[f"{o}/{s}"].accuracies]
+        m = sum(accs) / len(accs)
+        sd = math.sqrt(sum((a - m) ** 2 for a in accs) / len(accs))
+        out.append(StepStats(cells[f"{orders[0]}/{s}"].classes, m, sd, len(accs)))
+    return out
+
+
+def cell_to_dict(c: CellResult) -> dict[str, Any]:
+    return {"order": c.order, "step": c.step, "classes": c.classes, "accuracies": c.accuracies,
+            "seconds": c.seconds}
+
+
+def cell_from_dict(d: dict[str, Any]) -> CellResult:
+    return CellResult(int(d["order"]), int(d["step"]), int(d["classes"]),
+                      [float(a) for a in d["accuracies"]], float(d["seconds"]))
+

@@ -1,0 +1,72 @@
+"""Continual-learning outputs: the per-step table (one row per memory, one column per number of
+classes seen, and the final accuracy) and the accuracy-vs-classes plot with a std band
+(the papers' Figure 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.report import pct
+
+from .protocol import StepStats
+
+
+def step_rows(curves: dict[str, list[StepStats]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Wide rows ``{memory, "<classes>": "mean +- std", ..., final}`` and their column names."""
+    first = next(iter(curves.values()))
+    columns = ["memory"] + [str(s.classes) for s in first] + ["final"]
+    rows = []
+    for name, stats in curves.items():
+        row: dict[str, Any] = {"memory": name}
+        for s in stats:
+            row[str(s.classes)] = pct(s.mean, s.std)
+        row["final"] = pct(stats[-1].mean, stats[-1].std)
+        row["final_mean"], row["final_std"] = stats[-1].mean, stats[-1].std
+        row["steps"] = [{"classes": s.classes, "mean": s.mean, "std": s.std, "n": s.n} for s in stats]
+        rows.append(row)
+    return rows, columns
+
+
+def plot_curves(curves: dict[str, list[StepStats]], path: str | Path, title: str) -> Path:
+    """Accuracy (%) vs number of classes: one line per memory, shaded +- std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for name, stats in curves.items():
+        xs = [s.classes for s in stats]
+        m = [100 * s.mean for s in stats]
+        sd = [100 * s.std for s in stats]
+        (line,) = ax.plot(xs, m, marker="o", ms=3.5, label=f"{name} ({m[-1]:.1f})")
+        ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
+                        color=line.get_color(), alpha=0.18, linewidth=0)
+    ax.set_xlabel("number of classes")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.set_xticks([s.classes for s in next(iter(curves.values()))])
+    ax.grid(alpha=0.3)
+    ax.legend(title="memory (final acc.)", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def tensorboard_log(curves: dict[str, list[StepStats]], folder: str | Path) -> Path | None:
+    """Per-step mean accuracies as TensorBoard scalars (``accuracy/<memory>`` vs classes)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed
+        return None
+    writer = SummaryWriter(str(folder))
+    for name, stats in curves.items():
+        for s in stats:
+            writer.add_scalar(f"accuracy/{name}", s.mean, s.classes)
+            writer.add_scalar(f"accuracy_std/{name}", s.std, s.classes)
+    writer.close()
+    return Path(folder)

@@ -1,0 +1,77 @@
+"""Synthetic sets (buffers) made on demand and kept in the artifact cache.
+
+A buffer is named by its method and IPC (``atom`` + 20 on digits -> ``digits_atom_ipc20``);
+its cache key covers the dataset identity (name, image size, ZCA) and every resolved
+distillation hyperparameter, so a pipeline that needs ``datadam`` at IPC 20 distils it once and
+every later run, step count or class order reuses the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.config import to_dict
+from distill.data import ImageData
+from distill.distiller import DistillConfig, Prepared, check_ipc, distill, prepare, resolve
+from distill.synset import SyntheticSet
+
+from .artifacts import Artifact
+from .common import DataConfig
+
+# values that never change the result (reporting, checkpoint cadence, chunking is exact)
+_NOT_IN_KEY = ("checkpoint_every", "eval_every", "eval_epochs", "chunk")
+
+
+def buffer_key_config(data_id: dict[str, Any], cfg: DistillConfig) -> dict[str, Any]:
+    d = to_dict(cfg)
+    for k in _NOT_IN_KEY:
+        d.pop(k, None)
+    return {"dataset": data_id, "distill": d}
+
+
+class BufferMaker:
+    """Makes (or reuses) buffers of one dataset; the dataset is prepared once, on first need."""
+
+    def __init__(self, data_cfg: DataConfig, data: ImageData, device: torch.device,
+                 root: str | Path, force: bool = False, progress: bool = True):
+        self.data_cfg, self.data, self.device = data_cfg, data, device
+        self.root, self.force, self.progress = Path(root), force, progress
+        self._prep: Prepared | None = None
+        self._made: set[str] = set()  # keys made in this run (--force recomputes each once)
+
+    @property
+    def prep(self) -> Prepared:
+        if self._prep is None:
+            self._prep = prepare(self.data, self.data_cfg.zca, self.device)
+        return self._prep
+
+    def resolve(self, method: str, ipc: int, overrides: DistillConfig | None = None) -> DistillConfig:
+        base = replace(overrides or DistillConfig(), method=method, ipc=ipc)
+        return resolve(base, self.data.image_size[0], self.data.name)
+
+    def artifact(self, cfg: DistillConfig) -> Artifact:
+        return Artifact(self.root, "buffers", f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}",
+                        buffer_key_config(self.data_cfg.identity(self.data), cfg), "synset.pt")
+
+    def get(self, cfg: DistillConfig) -> tuple[SyntheticSet, Path, bool]:
+        """``(set, path, reused)`` for a resolved config: the cached file, or a new distillation
+        that checkpoints into the artifact folder (an interrupted one continues)."""
+        art = self.artifact(cfg)
+        force = self.force and art.key not in self._made
+        if art.complete and not force:
+            return SyntheticSet.load(art.result_path), art.result_path, True
+        check_ipc(self.data, cfg.ipc)
+        folder = art.open(force=force)
+        self._made.add(art.key)
+        ckpt = folder / "checkpoint.pt"
+        synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress)
+        synset.meta["data_config"] = to_dict(self.data_cfg)
+        synset.meta["artifact_key"] = art.key
+        synset.save(art.result_path)
+        synset.save_grid(folder / "grid.png")
+        ckpt.unlink(missing_ok=True)
+        return synset, art.result_path, False

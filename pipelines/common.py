@@ -1,0 +1,88 @@
+"""Pieces every subcommand shares: the data section of a job, device choice, run folders,
+config assembly (file < flags < ``--set``)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from distill.config import apply_override, from_dict, load_yaml
+from distill.data import FIXED_RESOLUTION, ImageData, load_dataset
+from distill.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Which real dataset, where it lives, and how it is preprocessed."""
+
+    name: str = "cifar10"
+    root: str = "data"  # data folder (for imagefolder: the tree itself)
+    resolution: int | None = None  # None: the dataset's native/default size
+    zca: bool | None = None  # None: on for CIFAR (the papers), off elsewhere
+    download: bool = True  # torchvision download on first use (CIFAR)
+
+    def load(self, resolution: int | None = None) -> ImageData:
+        """The dataset, at ``self.resolution`` (else ``resolution``, else its default)."""
+        res = self.resolution
+        if res is None and self.name not in FIXED_RESOLUTION:
+            res = resolution
+        return load_dataset(self.name, self.root, res, self.download)
+
+    def identity(self, data: ImageData) -> dict[str, Any]:
+        """What a result computed from this data depends on (not where the files live)."""
+        return {"name": data.name, "image_size": list(data.image_size),
+                "zca": bool(data.zca_default if self.zca is None else self.zca)}
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def run_dir(out: str | None, stem: str) -> Path:
+    if out:
+        path = Path(out)
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{stem}-{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_config(cls: type, args: argparse.Namespace, cli: dict[str, Any],
+                 base: dict[str, Any] | None = None) -> Any:
+    """``base`` < file (``--config``) < explicit CLI flags < ``--set`` overrides."""
+    data = dict(base or {})
+    if args.config:
+        data = _merge(data, load_yaml(args.config))
+    for key, value in cli.items():
+        if value is not None:
+            apply_override(data, f"{key}={json.dumps(value)}")
+    for override in args.set or []:
+        apply_override(data, override)
+    return from_dict(cls, data)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_yaml(path: Path, data: Any) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
