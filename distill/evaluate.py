@@ -183,8 +183,11 @@ def train_group(
     ensemble: bool,
     progress: bool = False,
     desc: str = "",
+    max_steps: int | None = None,
 ) -> ModelGroup:
-    """Train ``n_models`` fresh networks of ``spec`` on ``(x, y)`` with the evaluation recipe."""
+    """Train ``n_models`` fresh networks of ``spec`` on ``(x, y)`` with the evaluation recipe;
+    ``max_steps`` stops after that many SGD steps (early stopping; the LR schedule still spans
+    ``cfg.epochs``)."""
     from tqdm import tqdm
 
     dev = x.device
@@ -201,12 +204,16 @@ def train_group(
              for n in nets])
     epochs = int(cfg.epochs or 1000)
     n = len(x)
+    steps = 0
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         for opt in opts:
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch, epochs, cfg.lr)
         order = torch.rand((n_models, n), generator=generator, device=dev).argsort(dim=1)
         for i in range(0, n, cfg.batch):
+            if max_steps is not None and steps >= max_steps:
+                return group
+            steps += 1
             idx = order[:, i : i + cfg.batch]  # [M, B]
             xb, yb = x[idx], y[idx]
             if cfg.dsa and cfg.dsa != "none":
@@ -226,6 +233,11 @@ def train_group(
                     loss.backward()
                     opts[m].step()
     return group
+
+
+def steps_per_epoch(n: int, batch: int) -> int:
+    """SGD steps in one epoch over ``n`` images (the last batch may be smaller)."""
+    return -(-n // batch)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The toolkit's command line: ``python pipelines/run.py {distill,evaluate,export,continual} [options]``.
+"""The toolkit's command line: ``python pipelines/run.py {distill,evaluate,export,continual,nas} [options]``.
 
 Every subcommand takes ``--config FILE.yaml`` (keys documented in ``pipelines/configs/``),
 ``--set key=value`` overrides (repeatable), ``--out DIR`` (default: a fresh directory under
@@ -26,7 +26,7 @@ from distill.evaluate import ALL_ARCHS, EvalConfig, evaluate_set, resolve_eval, 
 from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
-from pipelines import continual_cmd
+from pipelines import continual_cmd, nas_cmd
 from pipelines.common import DataConfig, build_config, pick_device, run_dir, write_yaml
 
 
@@ -155,7 +155,8 @@ def make_parser() -> argparse.ArgumentParser:
                "  python pipelines/run.py distill --dataset cifar10 --method datadam --ipc 50\n"
                "  python pipelines/run.py evaluate --synset runs/x/synset.pt --models 20 --arch convnet,resnet18\n"
                "  python pipelines/run.py export --synset runs/x/synset.pt --format npz\n"
-               "  python pipelines/run.py continual --steps 5 --dataset digits")
+               "  python pipelines/run.py continual --steps 5 --dataset digits\n"
+               "  python pipelines/run.py nas --proxy random_ipc10_digits --space small")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("distill", help="condense a dataset into a synthetic set (or a coreset)",
@@ -201,6 +202,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     continual_cmd.add_parser(sub, _common)
+    nas_cmd.add_parser(sub, _common)
     return parser
 
 

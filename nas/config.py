@@ -1,0 +1,66 @@
+"""The NAS job's configuration (importable without optuna)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from distill import augment
+from distill.errors import UserError
+from distill.evaluate import EvalConfig
+
+from .space import get_space
+
+# digits (offline, CPU): shorter trainings and the smallest images the space fits (8x8 native,
+# 16x16 once a depth-4 pooled ConvNet is in the space), so a small search takes minutes
+QUICK = {"digits": {"proxy_epochs": 100, "whole_epochs": 20}}
+
+
+def quick_resolution(dataset: str, space: str) -> int | None:
+    """The image size for a resizable quick dataset: ``max(8, 2**max depth)``."""
+    if dataset not in QUICK:
+        return None
+    return max(8, 2 ** max(get_space(space)["depth"]))
+
+
+@dataclass
+class NASConfig:
+    """Search space, the three training conditions, the validation split and the study."""
+
+    space: str = "full"  # full (720) | small (48) | tiny (4)
+    proxy_epochs: int | None = None  # None: 200 (papers); digits 100
+    whole_epochs: int | None = None  # None: 100 (papers); digits 20
+    early_stopping: bool = True  # also run the whole set for as many steps as the proxy training
+    val_fraction: float = 0.1  # held out of the real training set, per class, for ranking
+    val_seed: int = 0
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch: int = 256
+    dsa: str = augment.DEFAULT_STRATEGY
+    init: str = "he"
+    seed: int = 0  # candidate initialisation (the same candidate starts alike in every condition)
+    top_k: list[int] = field(default_factory=lambda: [5, 10, 20, 30])
+    workers: int = 1  # local worker processes sharing each study
+    storage: str | None = None  # None: a journal file in the cache; or an RDB URL (postgresql://...)
+    whole_results: str | None = None  # a csv/json of whole-data results made elsewhere
+
+
+def resolve_nas(cfg: NASConfig, dataset: str) -> NASConfig:
+    quick = QUICK.get(dataset, {})
+    cfg = replace(cfg,
+                  proxy_epochs=cfg.proxy_epochs or quick.get("proxy_epochs", 200),
+                  whole_epochs=cfg.whole_epochs or quick.get("whole_epochs", 100))
+    get_space(cfg.space)
+    augment.parse_strategy(cfg.dsa)
+    if not 0 < cfg.val_fraction < 1:
+        raise UserError(f"nas.val_fraction must lie in (0, 1), got {cfg.val_fraction}")
+    if cfg.workers < 1:
+        raise UserError(f"nas.workers must be at least 1, got {cfg.workers}")
+    return cfg
+
+
+def recipe(cfg: NASConfig, epochs: int) -> EvalConfig:
+    """The candidate-training recipe as the evaluation code's config (one model)."""
+    return EvalConfig(models=1, epochs=epochs, lr=cfg.lr, momentum=cfg.momentum,
+                      weight_decay=cfg.weight_decay, batch=cfg.batch, dsa=cfg.dsa, init=cfg.init,
+                      ensemble="off", seed=cfg.seed)

@@ -1,0 +1,28 @@
+"""One search worker process: open the shared study and train candidates until none is left."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .config import NASConfig
+from .space import get_space
+from .study import open_storage, open_study, run_worker
+from .train import Condition, train_candidate
+
+
+def to_device(cond: Condition, device: torch.device) -> Condition:
+    return replace(cond, **{k: getattr(cond, k).to(device) for k in ("x", "y", "val_x", "val_y", "test_x", "test_y")})
+
+
+def worker_main(storage_url: str | None, journal: str, study_name: str, cond: Condition, cfg: NASConfig,
+                device: str, threads: int) -> None:
+    """Entry point of a spawned worker (``run.py nas --workers N``)."""
+    torch.set_num_threads(max(1, threads))
+    dev = torch.device(device)
+    cond = to_device(cond, dev)
+    space = get_space(cfg.space)
+    study = open_study(study_name, open_storage(storage_url, Path(journal)), space)
+    run_worker(study, space, lambda params, index: train_candidate(params, index, cond, cfg, dev))
