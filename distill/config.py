@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 T = TypeVar("T")
 
@@ -39,42 +40,42 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, a, where)
             except UserError as exc:
                 errors.append(str(exc))
-        raise UserError(errors[0] if errors else f"{where}: bad value {value!r}")
+        raise ConfigError(where, errors[0] if errors else f"{where}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
+            raise ConfigError(where, f"{where}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
                             f"got {value!r}")
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         (item,) = typing.get_args(tp)[:1] or (Any,)
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(where, f"{where}: expected a list, got {value!r}")
         out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return out if origin is list else tuple(out)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(where, f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(where, f"{where}: expected true or false, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise UserError(f"{where}: expected a number, got {value!r}")
+        raise ConfigError(where, f"{where}: expected a number, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise UserError(f"{where}: expected an integer, got {value!r}")
+        raise ConfigError(where, f"{where}: expected an integer, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(where, f"{where}: expected a string, got {value!r}")
     return value
 
 
@@ -89,7 +90,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise UserError(f"unknown config key {path!r}; allowed keys{' under ' + where if where else ''}: "
+            raise ConfigError(path, f"unknown config key {path!r}; allowed keys{' under ' + where if where else ''}: "
                             f"{', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
@@ -128,6 +129,34 @@ def apply_override(data: dict[str, Any], override: str) -> dict[str, Any]:
         node = nxt
     node[parts[-1]] = value
     return data
+
+
+def key_lines(path: str | Path) -> dict[str, int]:
+    """Dotted key path -> 1-based line of that key in a YAML file (``{}`` if unreadable)."""
+    try:
+        root = yaml.compose(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = f"{prefix}.{key.value}" if prefix else str(key.value)
+                out[name] = key.start_mark.line + 1
+                walk(value, name)
+
+    walk(root, "")
+    return out
+
+
+def locate(exc: ConfigError, path: str | Path) -> UserError:
+    """``exc`` prefixed with ``file:line`` when its key (or the nearest parent) is in ``path``."""
+    lines = key_lines(path)
+    key = re.sub(r"\[\d+\]", "", exc.path)  # list items point at their list's key
+    while key and key not in lines:
+        key = key.rpartition(".")[0]
+    return UserError(f"{path}:{lines[key]}: {exc}") if key else UserError(str(exc))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -239,13 +239,16 @@ def _slice_stats(stats: dict[str, list[Tensor]], c0: int, c1: int) -> dict[str, 
 
 
 def loss_and_grad(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn: Tensor,
-                  cfg: DistillConfig, weights: MatchWeights, gen: torch.Generator) -> Tensor:
+                  cfg: DistillConfig, weights: MatchWeights, gen: torch.Generator,
+                  classes: tuple[int, int] | None = None) -> Tensor:
     """One iteration: fresh network, real batch of every class, siamese DSA, the matching loss;
     accumulates its gradient into ``syn.grad`` and returns the (detached) loss.
 
     The loss is a sum over classes of distances between per-class means, so both sides run in
     class chunks: real statistics without grad, then each synthetic chunk's loss is
     back-propagated at once (its graph freed). The random draws do not depend on chunking.
+    ``classes = (lo, hi)`` computes only those classes' terms (one rank's shard under
+    torchrun); the draws are still made for all classes, so every shard sees the same ones.
     """
     k, dev = index.num_classes, syn.device
     ipc = len(syn) // k
@@ -253,22 +256,23 @@ def loss_and_grad(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn:
     net.train()
     idx = index.sample(cfg.batch_real, gen)  # [K, B]
     params = augment.sample_params(k, tuple(syn.shape[2:]), gen, cfg.dsa, dev)
+    lo, hi = classes if classes is not None else (0, k)
     step = chunk_classes(cfg, net, k, cfg.batch_real, dev)
     chunks = []
     with torch.no_grad():
-        for c0 in range(0, k, step):
-            ids = idx[c0 : c0 + step]
+        for c0 in range(lo, hi, step):
+            ids = idx[c0 : min(hi, c0 + step)]
             groups = augment.group_ids(c0, c0 + len(ids), cfg.batch_real, dev)
             feats, emb = net.forward_features(augment.apply(train_x[ids.flatten()], params.index(groups)))
             chunks.append(class_statistics(feats, emb, len(ids), weights))
     real = concat_statistics(chunks) if len(chunks) > 1 else chunks[0]
     total = torch.zeros((), device=dev)
     step = chunk_classes(cfg, net, k, ipc, dev)
-    for c0 in range(0, k, step):
-        c1 = min(k, c0 + step)
+    for c0 in range(lo, hi, step):
+        c1 = min(hi, c0 + step)
         x_syn = augment.apply(syn[c0 * ipc : c1 * ipc], params.index(augment.group_ids(c0, c1, ipc, dev)))
         feats, emb = net.forward_features(x_syn)
-        loss = statistics_loss(_slice_stats(real, c0, c1), class_statistics(feats, emb, c1 - c0, weights),
+        loss = statistics_loss(_slice_stats(real, c0 - lo, c1 - lo), class_statistics(feats, emb, c1 - c0, weights),
                                weights)[0]
         loss.backward()
         total = total + loss.detach()
@@ -306,12 +310,15 @@ def distill(
     resume: bool = False,
     progress: bool = True,
     on_eval: Callable[[int, float], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> SyntheticSet:
     """Run a method on a prepared dataset and return its SyntheticSet.
 
     ``cfg`` must be resolved (:func:`resolve`). Matching methods write a checkpoint every
     ``checkpoint_every`` iterations when ``checkpoint`` is given; with ``resume`` an existing
-    checkpoint is continued, giving exactly the result of an uninterrupted run.
+    checkpoint is continued, giving exactly the result of an uninterrupted run. With ``shard =
+    (lo, hi)`` only classes ``lo..hi-1`` are optimised (the others keep their initial images):
+    torchrun ranks each distil a shard and the rows are gathered (``pipelines/run.py``).
     """
     method = get_method(cfg.method)
     if method.kind == "select":
@@ -323,6 +330,9 @@ def distill(
     for p in net.parameters():
         p.requires_grad_(False)
     weights = match_weights(cfg, len(getattr(net, "blocks", [])) or 1)
+    if shard is not None and has_batch_statistics(net) and shard != (0, k):
+        raise UserError("class sharding needs a network without batch statistics (batch norm couples the "
+                        "classes of a forward pass); use net.norm=instancenorm or one process")
     index = prep.data.class_index()
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
 
@@ -360,7 +370,7 @@ def distill(
                desc=f"{cfg.method} ipc{cfg.ipc}", disable=not progress, dynamic_ncols=True)
     for it in bar:
         opt.zero_grad(set_to_none=True)
-        loss = loss_and_grad(net, prep.train_x, index, syn, cfg, weights, gen)
+        loss = loss_and_grad(net, prep.train_x, index, syn, cfg, weights, gen, shard)
         opt.step()
         pending.append(loss.detach())
         done = it + 1

@@ -14,6 +14,15 @@ class UserError(ValueError):
     """A problem with the user's input, reported as one clear line."""
 
 
+class ConfigError(UserError):
+    """A bad key or value in a config; ``path`` is its dotted location (``distill.lr``), so a
+    caller holding the YAML file can point at the line."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
 def choice_error(what: str, value: object, allowed: Iterable[object]) -> UserError:
     """Build the standard "unknown X 'v'; allowed: a, b, c" error."""
     allowed_s = ", ".join(str(a) for a in allowed)

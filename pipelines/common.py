@@ -4,6 +4,7 @@ config assembly (file < flags < ``--set``)."""
 from __future__ import annotations
 
 import argparse
+import io
 import datetime as _dt
 import json
 from dataclasses import dataclass
@@ -13,9 +14,9 @@ from typing import Any
 import torch
 import yaml
 
-from distill.config import apply_override, from_dict, load_yaml
+from distill.config import apply_override, from_dict, load_yaml, locate
 from distill.data import FIXED_RESOLUTION, ImageData, load_dataset
-from distill.errors import UserError
+from distill.errors import ConfigError, UserError
 
 
 @dataclass
@@ -74,7 +75,12 @@ def build_config(cls: type, args: argparse.Namespace, cli: dict[str, Any],
             apply_override(data, f"{key}={json.dumps(value)}")
     for override in args.set or []:
         apply_override(data, override)
-    return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        if args.config:
+            raise locate(exc, args.config) from None
+        raise
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +88,31 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+class Tee(io.TextIOBase):
+    """Writes to a stream and keeps a copy (the run's log)."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.copy = io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.copy.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def write_run_record(folder: Path, argv: list[str], started: float, seconds: float, code: int,
+                     log: str) -> None:
+    """``run.log`` (everything printed) and ``timings.json`` (command, start, duration, exit)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.log").write_text(log)
+    stamp = _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds")
+    (folder / "timings.json").write_text(json.dumps({"command": ["pipelines/run.py", *argv], "started": stamp,
+                                                     "seconds": round(seconds, 3), "exit_code": code}, indent=1))
 
 
 def write_yaml(path: Path, data: Any) -> None:

@@ -76,6 +76,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
         if not (spec.endswith(".pt") or Path(spec).exists()):
             get_method(spec)
     out = run_dir(args.out, f"continual-{data.name}-{cfg.steps}steps")
+    args.run_dir = out
     write_yaml(out / "config.yaml", {"dataset": to_dict(job.dataset), "continual": to_dict(cfg),
                                      "distill": to_dict(job.distill), "device": str(device),
                                      "cache": str(args.cache), "versions": library_versions()})

@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from distill.data import ImageData
 from distill.distiller import DistillConfig, prepare
 from distill.errors import UserError
 from distill.evaluate import eval_inputs, steps_per_epoch
-from distill.methods import get_method
 from distill.report import markdown_table, write_tables
 from distill.synset import SyntheticSet, library_versions
 from nas.config import NASConfig, quick_resolution, resolve_nas
@@ -34,9 +32,7 @@ from nas.space import KEYS, candidate_name, candidate_spec, get_space, grid
 from .artifacts import Artifact
 from .buffers import BufferMaker
 from .common import DataConfig, build_config, pick_device, run_dir, write_yaml
-
-PROXY_NAME = re.compile(r"^(?P<method>[a-z_]+?)_ipc(?P<ipc>\d+)(?:_(?P<dataset>[a-z0-9]+))?$")
-
+from .registry import lookup
 
 @dataclass
 class NASJob:
@@ -45,19 +41,6 @@ class NASJob:
     dataset: DataConfig = field(default_factory=DataConfig)
     nas: NASConfig = field(default_factory=NASConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)  # method/ipc come from the proxy name
-
-
-def parse_proxy(spec: str) -> tuple[str, int, str | None] | None:
-    """``atom_ipc50`` -> ("atom", 50, None); ``random_ipc10_digits`` -> (..., "digits");
-    None for a file path."""
-    if spec.endswith(".pt") or os.sep in spec or Path(spec).exists():
-        return None
-    m = PROXY_NAME.match(spec)
-    if not m:
-        raise UserError(f"proxy {spec!r} is neither a synset.pt path nor a name like atom_ipc50 or "
-                        "random_ipc10_digits (<method>_ipc<N>[_<dataset>])")
-    get_method(m["method"])
-    return m["method"], int(m["ipc"]), m["dataset"]
 
 
 def check_space_fits(space: dict[str, list[Any]], data: ImageData) -> None:
@@ -167,10 +150,11 @@ def cmd_nas(args: argparse.Namespace) -> int:
     specs = [s.strip() for s in (args.proxy or "").split(",") if s.strip()]
     if not specs:
         raise UserError("give at least one --proxy: a name like atom_ipc50 or a synset.pt path")
-    parsed = {s: parse_proxy(s) for s in specs}
-    named_ds = {p[2] for p in parsed.values() if p and p[2]}
+    parsed = {s: lookup(s) for s in specs}
+    named_ds = {p.dataset["name"] for p in parsed.values() if p and p.dataset.get("name")}
     if len(named_ds) > 1:
         raise UserError(f"the proxies name different datasets: {', '.join(sorted(named_ds))}")
+    named_res = {p.dataset["resolution"] for p in parsed.values() if p and p.dataset.get("resolution")}
     job = build_config(NASJob, args, {
         "dataset.name": args.dataset or (next(iter(named_ds)) if named_ds else None),
         "dataset.root": args.data_root, "nas.space": args.space, "nas.workers": args.workers,
@@ -181,11 +165,14 @@ def cmd_nas(args: argparse.Namespace) -> int:
         raise UserError(f"proxy names dataset {next(iter(named_ds))!r} but --dataset is {job.dataset.name!r}")
     device = pick_device(args.device)
     space = get_space(job.nas.space)
+    if job.dataset.resolution is None and len(named_res) == 1:  # the proxies' own image size
+        job.dataset.resolution = next(iter(named_res))
     data = job.dataset.load(quick_resolution(job.dataset.name, job.nas.space))
     cfg = resolve_nas(job.nas, data.name)
     check_space_fits(space, data)
     names = [candidate_name(p) for p in grid(space)]
     out = run_dir(args.out, f"nas-{data.name}-{cfg.space}")
+    args.run_dir = out
     write_yaml(out / "config.yaml", {"dataset": to_dict(job.dataset), "nas": to_dict(cfg), "proxies": specs,
                                      "distill": to_dict(job.distill), "device": str(device),
                                      "cache": str(args.cache), "versions": library_versions()})
@@ -204,10 +191,10 @@ def cmd_nas(args: argparse.Namespace) -> int:
             proxies[label] = (synset, "file:" + str(synset.meta.get("artifact_key") or Path(spec).resolve()))
     for spec, p in parsed.items():
         if p is not None:
-            dcfg = maker.resolve(p[0], p[1], job.distill)
+            dcfg = maker.resolve(p.method, p.ipc, p.distill_config(job.distill))
             synset, path, reused = maker.get(dcfg)
             print(f"  proxy {spec}: {'reused' if reused else 'made'} {path}")
-            proxies[f"{p[0]}_ipc{p[1]}"] = (synset, "buffer:" + maker.artifact(dcfg).key)
+            proxies[spec] = (synset, "buffer:" + maker.artifact(dcfg).key)
 
     train_idx, val_idx = val_split(data.train_y, data.num_classes, cfg.val_fraction, cfg.val_seed)
     prep = prepare(data, job.dataset.zca, "cpu")

@@ -9,7 +9,9 @@ Every subcommand takes ``--config FILE.yaml`` (keys documented in ``pipelines/co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +28,12 @@ from distill.evaluate import ALL_ARCHS, EvalConfig, evaluate_set, resolve_eval, 
 from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
-from pipelines import continual_cmd, nas_cmd
-from pipelines.common import DataConfig, build_config, pick_device, run_dir, write_yaml
+import torch
+
+from pipelines import continual_cmd, nas_cmd, scaleout
+from pipelines.artifacts import list_artifacts
+from pipelines.registry import BUFFERS_FILE, lookup, registry
+from pipelines.common import DataConfig, Tee, build_config, pick_device, run_dir, write_run_record, write_yaml
 
 
 @dataclass
@@ -43,27 +49,52 @@ class DistillJob:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    named = lookup(args.buffer) if args.buffer else None
+    if args.buffer and named is None:
+        raise UserError(f"--buffer takes a buffer name (e.g. atom_ipc50), not a file: {args.buffer}")
+    base = {"dataset": dict(named.dataset), "distill": dict(named.distill)} if named else None
     job: DistillJob = build_config(DistillJob, args, {
         "dataset.name": args.dataset, "dataset.root": args.data_root,
         "distill.method": args.method, "distill.ipc": args.ipc,
         "distill.iterations": args.iterations, "distill.seed": args.seed,
-    })
+    }, base)
+    d = scaleout.from_env()
     device = pick_device(args.device)
+    if d.active and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+    if d.active and not args.out:
+        raise UserError("under torchrun give --out DIR, the folder every rank writes to")
     get_method(job.distill.method)  # a typo fails before any data is loaded
     data = job.dataset.load()
     cfg = resolve(job.distill, data.image_size[0], data.name)
     check_ipc(data, cfg.ipc)
     out = run_dir(args.out, f"distill-{data.name}-{cfg.method}-ipc{cfg.ipc}")
-    resolved = {"dataset": to_dict(job.dataset), "distill": to_dict(cfg), "device": str(device),
-                "versions": library_versions()}
-    write_yaml(out / "config.yaml", resolved)
-    print(f"distilling {data.name} ({data.num_classes} classes, {len(data.train_y)} train images) "
-          f"with {cfg.method}, ipc {cfg.ipc}, on {device} -> {out}")
+    lead = d.rank == 0
+    if lead:
+        args.run_dir = out
+        resolved = {"dataset": to_dict(job.dataset), "distill": to_dict(cfg), "device": str(device),
+                    "processes": d.world, "versions": library_versions()}
+        write_yaml(out / "config.yaml", resolved)
+        print(f"distilling {data.name} ({data.num_classes} classes, {len(data.train_y)} train images) "
+              f"with {cfg.method}, ipc {cfg.ipc}, on {device}"
+              f"{f' x {d.world} processes (class shards)' if d.active else ''} -> {out}")
+    shard = None
+    if d.active and get_method(cfg.method).kind != "select":
+        scaleout.start(d, device)
+        shard = scaleout.shard_of(data.num_classes, d.rank, d.world)
     prep = prepare(data, job.dataset.zca, device)
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / (f"checkpoint.rank{d.rank}.pt" if d.active else "checkpoint.pt")
     if args.force and ckpt.exists():
         ckpt.unlink()
-    synset = distill(prep, cfg, checkpoint=ckpt, resume=not args.force, progress=not args.quiet)
+    synset = distill(prep, cfg, checkpoint=ckpt, resume=not args.force, progress=not args.quiet and lead,
+                     shard=shard)
+    if shard is not None:
+        synset.images = scaleout.gather_shards(synset.images, data.num_classes, cfg.ipc, d, device)
+        synset.meta["processes"] = d.world
+        scaleout.stop(d)
+    if not lead:
+        ckpt.unlink(missing_ok=True)
+        return 0
     synset.meta["data_config"] = to_dict(job.dataset)
     path = synset.save(out / "synset.pt")
     grid = synset.save_grid(out / "grid.png")
@@ -135,6 +166,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# list
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = list_artifacts(args.cache)
+    if rows:
+        print(f"cached artifacts under {args.cache}/:\n")
+        print(markdown_table(rows, ["stage", "name", "key", "status", "mb", "path"]))
+    else:
+        print(f"no cached artifacts under {args.cache}/")
+    defs = registry()
+    print(f"\nnamed buffers ({BUFFERS_FILE}):\n")
+    print(markdown_table([{"name": d.name, "dataset": d.dataset.get("name", "(the job's)"), "method": d.method,
+                           "ipc": d.ipc} for d in defs.values()], ["name", "dataset", "method", "ipc"]))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -164,6 +213,8 @@ def make_parser() -> argparse.ArgumentParser:
                                    "a coreset (random, herding, kcenter). Writes synset.pt, grid.png and "
                                    "the resolved config.yaml to --out. An interrupted run continues from "
                                    "its checkpoint when started again with the same --out.")
+    d.add_argument("--buffer", help="a named buffer (pipelines/configs/buffers.yaml, e.g. atom_ipc50): its "
+                                    "dataset, method and IPC; other flags still override")
     d.add_argument("--dataset", help=f"one of: {', '.join(DATASETS)} (default cifar10)")
     d.add_argument("--data-root", help="data folder (default: data)")
     d.add_argument("--method", help=f"one of: {', '.join(METHODS)} (default atom)")
@@ -201,22 +252,38 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output path (default: next to the set)")
     e.set_defaults(func=cmd_export)
 
+    li = sub.add_parser("list", help="show cached artifacts and the named buffers",
+                        description="List the artifact cache (stage, name, key, complete or partial, size) "
+                                    "and the buffer names defined in pipelines/configs/buffers.yaml.")
+    li.add_argument("--cache", default="artifacts", help="artifact cache folder (default: artifacts)")
+    li.set_defaults(func=cmd_list)
+
     continual_cmd.add_parser(sub, _common)
     nas_cmd.add_parser(sub, _common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
+    started, t0 = time.time(), time.perf_counter()
+    tee = Tee(sys.stdout)
+    code = 1
     try:
-        return int(args.func(args))
+        with contextlib.redirect_stdout(tee):
+            code = int(args.func(args))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to continue from the last checkpoint",
               file=sys.stderr)
-        return 130
+        code = 130
+    finally:
+        if getattr(args, "run_dir", None) is not None:
+            write_run_record(Path(args.run_dir), argv, started, time.perf_counter() - t0, code,
+                             tee.copy.getvalue())
+    return code
 
 
 if __name__ == "__main__":

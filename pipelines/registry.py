@@ -1,0 +1,84 @@
+"""Named buffers: ``atom_ipc50``, ``datadam_ipc20_cifar100``, ``random_ipc10_digits`` ... resolve to
+definitions in ``pipelines/configs/buffers.yaml`` (dataset + distillation sections), or, when
+not listed, to the pattern ``<method>_ipc<N>[_<dataset>]``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from distill.config import from_dict, load_yaml, locate, to_dict
+from distill.data import DATASETS
+from distill.distiller import DistillConfig
+from distill.errors import ConfigError, UserError
+from distill.methods import get_method
+
+from .common import DataConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+BUFFERS_FILE = CONFIG_DIR / "buffers.yaml"
+PATTERN = re.compile(r"^(?P<method>[a-z_]+?)_ipc(?P<ipc>\d+)(?:_(?P<dataset>[a-z0-9]+))?$")
+
+
+@dataclass
+class BufferDef:
+    """A named buffer: its dataset section (``None`` fields: the job's) and distillation."""
+
+    name: str
+    dataset: dict[str, Any]
+    distill: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        return str(self.distill["method"])
+
+    @property
+    def ipc(self) -> int:
+        return int(self.distill["ipc"])
+
+    def data_config(self, job: DataConfig) -> DataConfig:
+        """The job's data section with this buffer's dataset keys applied."""
+        return replace(job, **self.dataset)
+
+    def distill_config(self, base: DistillConfig) -> DistillConfig:
+        data = to_dict(base)
+        data.update(self.distill)
+        return from_dict(DistillConfig, data, "distill")
+
+
+def registry(path: Path = BUFFERS_FILE) -> dict[str, BufferDef]:
+    """Every buffer defined in ``buffers.yaml``, validated (a typo names the file and line)."""
+    raw = load_yaml(path)
+    out = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict) or set(entry) - {"dataset", "distill"}:
+            raise UserError(f"{path}: buffer {name!r} must be a mapping with dataset and distill sections")
+        try:
+            ds = to_dict(from_dict(DataConfig, entry.get("dataset") or {}, f"{name}.dataset"))
+            from_dict(DistillConfig, entry.get("distill") or {}, f"{name}.distill")
+        except ConfigError as exc:
+            raise locate(exc, path) from None
+        given = entry.get("dataset") or {}
+        out[str(name)] = BufferDef(str(name), {k: ds[k] for k in given}, dict(entry.get("distill") or {}))
+    return out
+
+
+def lookup(name: str) -> BufferDef | None:
+    """The definition of a buffer name; None when ``name`` is a file path."""
+    if name.endswith(".pt") or "/" in name or Path(name).exists():
+        return None
+    defs = registry()
+    if name in defs:
+        return defs[name]
+    m = PATTERN.match(name)
+    if not m:
+        raise UserError(f"{name!r} is neither a synset.pt path, a buffer named in {BUFFERS_FILE.name} "
+                        f"({', '.join(list(defs)[:4])}, ...) nor a name like atom_ipc50 or random_ipc10_digits "
+                        "(<method>_ipc<N>[_<dataset>])")
+    get_method(m["method"])
+    if m["dataset"] and m["dataset"] not in DATASETS:
+        raise UserError(f"buffer {name!r}: unknown dataset {m['dataset']!r}; allowed: {', '.join(DATASETS)}")
+    return BufferDef(name, {"name": m["dataset"]} if m["dataset"] else {},
+                     {"method": m["method"], "ipc": int(m["ipc"])})

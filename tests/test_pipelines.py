@@ -1,0 +1,169 @@
+"""Pipelines: cache keys, resume of an interrupted stage, named buffers, config files and their
+errors, run records, and class-sharded distillation (torchrun)."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import distill.distiller as distiller
+from distill.config import from_dict, to_dict
+from distill.distiller import DistillConfig, distill, resolve
+from pipelines.artifacts import Artifact, config_key, list_artifacts
+from pipelines.buffers import BufferMaker, buffer_key_config
+from pipelines.common import DataConfig
+from pipelines.make_configs import CONFIG_DIR, JOBS, render
+from pipelines.registry import lookup, registry
+from pipelines.run import main
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_ID = {"name": "digits", "image_size": [8, 8], "zca": False}
+
+
+def _key(data_id=DATA_ID, **changes):
+    cfg = resolve(dataclasses.replace(DistillConfig(method="atom", ipc=10), **changes), 8, "digits")
+    return config_key(buffer_key_config(data_id, cfg))
+
+
+def test_cache_key_changes_exactly_with_relevant_values():
+    base = _key()
+    assert _key() == base  # deterministic
+    for change in ({"lam": 0.02}, {"ipc": 11}, {"seed": 1}, {"method": "datadam"}, {"iterations": 301},
+                   {"p_spatial": 1.0}, {"net": distiller.NetConfig(width=64)}):
+        assert _key(**change) != base, change
+    for change in ({"checkpoint_every": 7}, {"eval_every": 5}, {"eval_epochs": 3}, {"chunk": 64}):
+        assert _key(**change) == base, change  # reporting, checkpoint cadence, exact chunking
+    assert _key({**DATA_ID, "zca": True}) != base and _key({**DATA_ID, "image_size": [16, 16]}) != base
+    # where the data live is not part of a result's identity
+    d = load_digits8()
+    assert DataConfig("digits", root="a").identity(d) == DataConfig("digits", root="b").identity(d)
+    assert config_key({"a": 1}, "0.1.0+alg1") != config_key({"a": 1}, "0.1.0+alg2")  # code version
+
+
+def load_digits8():
+    from distill.data import load_dataset
+
+    return load_dataset("digits", resolution=8)
+
+
+def test_interrupted_buffer_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    data = load_digits8()
+    base = DistillConfig(iterations=6, checkpoint_every=3, batch_real=8, net=distiller.NetConfig(width=16))
+    maker = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "a",
+                        progress=False)
+    cfg = maker.resolve("dm", 2, base)
+    real = distiller.loss_and_grad
+    calls = []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(distiller, "loss_and_grad", dying)
+    with pytest.raises(KeyboardInterrupt):
+        maker.get(cfg)
+    art = maker.artifact(cfg)
+    assert not art.complete and (art.path / "checkpoint.pt").is_file()
+    assert [r["status"] for r in list_artifacts(tmp_path / "a")] == ["partial"]
+    monkeypatch.setattr(distiller, "loss_and_grad", real)
+    calls.clear()
+    monkeypatch.setattr(distiller, "loss_and_grad", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    resumed, path, reused = maker.get(cfg)
+    assert not reused and len(calls) == 3  # iterations 4..6 only
+    fresh = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "b",
+                        progress=False).get(cfg)[0]
+    assert torch.equal(resumed.images, fresh.images)
+    again, _, reused = maker.get(cfg)
+    assert reused and torch.equal(again.images, resumed.images)
+
+
+def test_named_buffers_resolve():
+    defs = registry()
+    assert defs["atom_ipc50"].dataset == {"name": "cifar10"} and defs["atom_ipc50"].ipc == 50
+    assert defs["datadam_ipc20_cifar100"].method == "datadam"
+    pat = lookup("herding_ipc7_tinyimagenet")
+    assert (pat.method, pat.ipc, pat.dataset) == ("herding", 7, {"name": "tinyimagenet"})
+    assert lookup("runs/x/synset.pt") is None
+
+
+def test_distill_by_buffer_name_and_run_record(tmp_path):
+    out = tmp_path / "r"
+    assert main(["distill", "--buffer", "random_ipc10_digits", "--out", str(out), "--quiet"]) == 0
+    from distill.synset import SyntheticSet
+
+    s = SyntheticSet.load(out / "synset.pt")
+    assert s.meta["dataset"] == "digits" and s.image_shape == (1, 8, 8) and s.ipc == 10
+    rec = json.loads((out / "timings.json").read_text())
+    assert rec["exit_code"] == 0 and rec["command"][1:3] == ["distill", "--buffer"] and rec["seconds"] > 0
+    assert "synthetic set:" in (out / "run.log").read_text()
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["distill"]["seed"] == 0 and cfg["device"] == "cpu" and "torch" in cfg["versions"]
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("dataset:\n  name: digits\ndistill:\n  method: atom\n  ipcc: 3\n", 5, "unknown config key 'distill.ipcc'; "
+     "allowed keys under distill: method, ipc,"),
+    ("distill:\n  net:\n    width: wide\n", 3, "distill.net.width: expected an integer"),
+    ("distill:\n  method: atom\n   ipc: 3\n", 3, "malformed YAML"),
+])
+def test_config_file_errors_name_file_and_line(tmp_path, capsys, text, line, message):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    assert main(["distill", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}:{line}") and message in err
+
+
+@pytest.mark.parametrize("name, job, head", JOBS)
+def test_documented_configs_are_complete_and_load(name, job, head):
+    path = CONFIG_DIR / f"{name}.yaml"
+    assert path.read_text() == render(job, head), "run python pipelines/make_configs.py"
+    loaded = from_dict(type(job), yaml.safe_load(path.read_text()))
+    assert to_dict(loaded) == to_dict(job)
+
+
+def _small(**kw):
+    return resolve(DistillConfig(method="atom", ipc=2, iterations=4, batch_real=8,
+                                 net=distiller.NetConfig(width=16), **kw), 16, "digits")
+
+
+def test_class_shards_gather_to_the_single_process_set(digits_prep):
+    cfg = _small()
+    whole = distill(digits_prep, cfg, progress=False)
+    parts = [distill(digits_prep, cfg, progress=False, shard=s) for s in ((0, 3), (3, 10))]
+    stitched = torch.cat([parts[0].images[: 3 * 2], parts[1].images[3 * 2 :]])
+    assert torch.allclose(stitched, whole.images, atol=1e-5)
+    # a shard leaves the other classes at their initial images
+    init = distill(digits_prep, dataclasses.replace(cfg, iterations=0), progress=False)
+    assert torch.equal(parts[0].images[6:], init.images[6:])
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    common = ["--dataset", "digits", "--method", "atom", "--ipc", "1", "--iterations", "3", "--device", "cpu",
+              "--quiet", "--set", "distill.batch_real=8", "--set", "distill.net.width=16"]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    subprocess.run([str(torchrun), "--nproc_per_node", "2", "pipelines/run.py", "distill", *common, "--out",
+                    str(tmp_path / "two")], cwd=ROOT, check=True, capture_output=True)
+    assert main(["distill", *common, "--out", str(tmp_path / "one")]) == 0
+    from distill.synset import SyntheticSet
+
+    a, b = SyntheticSet.load(tmp_path / "one" / "synset.pt"), SyntheticSet.load(tmp_path / "two" / "synset.pt")
+    assert torch.allclose(a.images, b.images, atol=1e-5) and b.meta["processes"] == 2
+    assert not list((tmp_path / "two").glob("checkpoint*"))
+
+
+def test_artifact_folder_records_its_config(tmp_path):
+    art = Artifact(tmp_path, "stage", "thing", {"x": 1}, "out.json")
+    folder = art.open()
+    meta = yaml.safe_load((folder / "config.yaml").read_text())
+    assert meta["key"] == art.key == config_key({"x": 1}) and meta["config"] == {"x": 1}
+    assert not art.complete
+    (folder / "out.json").write_text("{}")
+    assert art.complete and list_artifacts(tmp_path)[0]["status"] == "complete"
