@@ -81,6 +81,10 @@ class SyntheticMemory(ExemplarsBuffer):
         self.classes: list[int] = []
         self.tensors: tuple[Tensor, Tensor] = memory_for(self.synset, [], ipc)
 
+    def update(self, strategy: Any, **kwargs: Any) -> None:
+        """What ``GDumbPlugin`` calls (Avalanche 0.6's deprecated path): same as ``post_adapt``."""
+        self.post_adapt(strategy, strategy.experience)
+
     def post_adapt(self, agent_state: Any, exp: Any) -> None:
         """Fill the memory with the buffers of ``exp.classes_seen_so_far``."""
         self.set_classes(sorted(int(c) for c in exp.classes_seen_so_far))

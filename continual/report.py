@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distill.report import pct
+from distill.report import figure, pct, save_figure
 
 from .protocol import StepStats
 
@@ -30,12 +30,7 @@ def step_rows(curves: dict[str, list[StepStats]]) -> tuple[list[dict[str, Any]],
 
 def plot_curves(curves: dict[str, list[StepStats]], path: str | Path, title: str) -> Path:
     """Accuracy (%) vs number of classes: one line per memory, shaded +- std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = figure((6.4, 4.4))
     for name, stats in curves.items():
         xs = [s.classes for s in stats]
         m = [100 * s.mean for s in stats]
@@ -49,12 +44,7 @@ def plot_curves(curves: dict[str, list[StepStats]], path: str | Path, title: str
     ax.set_xticks([s.classes for s in next(iter(curves.values()))])
     ax.grid(alpha=0.3)
     ax.legend(title="memory (final acc.)", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def tensorboard_log(curves: dict[str, list[StepStats]], folder: str | Path) -> Path | None:

@@ -40,3 +40,35 @@ def write_tables(rows: list[dict[str, Any]], columns: list[str], out_dir: str | 
         w.writerows(rows)
     paths["json"].write_text(json.dumps({**(extra or {}), "rows": rows}, indent=2))
     return paths
+
+
+def figure(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure and axes drawn off-screen (Agg), for the report plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size, dpi=120)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write and close ``fig``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def publish(rows: list[dict[str, Any]], columns: list[str], out_dir: str | Path, stem: str,
+            extra: dict[str, Any], notes: str = "") -> dict[str, Path]:
+    """Write the tables (:func:`write_tables`), print the markdown table and where it went."""
+    paths = write_tables(rows, columns, out_dir, stem, extra)
+    print("\n" + markdown_table(rows, columns))
+    print((f"\n  {notes}" if notes else "") + f"\n  tables: {paths['md']}, {paths['csv'].name}, "
+          f"{paths['json'].name}")
+    return paths

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from distill.report import figure, save_figure
+
 
 def ranks(values: list[float] | np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing their average rank."""
@@ -71,12 +73,7 @@ def summary_row(label: str, rows: dict[str, dict[str, Any]], whole: dict[str, di
 def scatter(curves: dict[str, dict[str, dict[str, Any]]], whole: dict[str, dict[str, Any]],
             path: str | Path, title: str) -> Path:
     """Proxy-trained vs whole-data-trained test accuracy, one colour per proxy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.6, 5.2), dpi=120)
+    fig, ax = figure((5.6, 5.2))
     for label, rows in curves.items():
         names = [n for n in rows if n in whole]
         xs = [100 * whole[n]["test_acc"] for n in names]
@@ -88,9 +85,4 @@ def scatter(curves: dict[str, dict[str, dict[str, Any]]], whole: dict[str, dict[
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -21,7 +21,7 @@ from continual.config import QUICK, ContinualConfig, resolve_continual
 from distill.config import to_dict
 from distill.distiller import DistillConfig
 from distill.methods import METHODS, get_method
-from distill.report import markdown_table, write_tables
+from distill.report import publish
 from distill.synset import SyntheticSet, library_versions
 
 from .artifacts import Artifact
@@ -137,16 +137,13 @@ def cmd_continual(args: argparse.Namespace) -> int:
     rows, columns = step_rows(curves)
     for row in rows:
         row["cells"] = {key: cell_to_dict(c) for key, c in all_cells[row["memory"]]["cells"].items()}
-    paths = write_tables(rows, columns, out, "continual",
-                         extra={"dataset": data.name, "device": str(device), "config": to_dict(cfg),
-                                "versions": library_versions()})
     plot = plot_curves(curves, out / "continual.png",
                        f"{data.name}: {cfg.steps} steps, {cfg.ipc} images/class, "
                        f"{cfg.models} model(s) x {len(cfg.orders or [])} orders")
     tb = tensorboard_log(curves, out / "tensorboard") if cfg.tensorboard else None
-    print("\n" + markdown_table(rows, columns))
-    print(f"\n  tables: {paths['md']}, {paths['csv'].name}, {paths['json'].name}\n  plot:   {plot}"
-          + (f"\n  tensorboard: {tb}" if tb else ""))
+    publish(rows, columns, out, "continual", {"dataset": data.name, "device": str(device),
+                                              "config": to_dict(cfg), "versions": library_versions()})
+    print(f"  plot:   {plot}" + (f"\n  tensorboard: {tb}" if tb else ""))
     return 0
 
 

@@ -24,7 +24,7 @@ from distill.data import ImageData
 from distill.distiller import DistillConfig, prepare
 from distill.errors import UserError
 from distill.evaluate import eval_inputs, steps_per_epoch
-from distill.report import markdown_table, write_tables
+from distill.report import publish
 from distill.synset import SyntheticSet, library_versions
 from nas.config import NASConfig, quick_resolution, resolve_nas
 from nas.space import KEYS, candidate_name, candidate_spec, get_space, grid
@@ -83,7 +83,7 @@ def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache:
     """Train every candidate under ``cond`` in a (cached, resumable, shareable) study."""
     from tqdm import tqdm
 
-    from nas.study import open_storage, open_study, recover, results_table, run_worker
+    from nas.study import open_storage, open_study, recover, results_table, run_worker, running
     from nas.train import train_candidate
     from nas.worker import to_device, worker_main
 
@@ -133,6 +133,10 @@ def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache:
             raise UserError(f"{len(bad)} NAS worker(s) failed (exit codes {bad}); run the same command "
                             "again to resume the study")
     rows = results_table(study)
+    while len(rows) < total and running(study):  # other machines are still training candidates
+        progress(len(rows), total)
+        time.sleep(5.0)
+        rows = results_table(study)
     progress(len(rows), total)
     bar.close()
     if len(rows) < total:
@@ -237,16 +241,14 @@ def cmd_nas(args: argparse.Namespace) -> int:
             r[c] = round(r[c], 3) if r[c] == r[c] else "n/a"
         r["minutes"] = round(r["minutes"], 2)
     columns = ["proxy", "best", "best_whole_test", "spearman", *topcols, "minutes", "images"]
-    paths = write_tables(rows, columns, out, "nas",
-                         extra={"dataset": data.name, "device": str(device), "config": to_dict(cfg),
-                                "versions": library_versions(),
-                                "candidates": {label: r for label, r in results.items()}})
     plot = scatter({lb: r for lb, r in results.items() if lb != "whole"}, whole, out / "nas_scatter.png",
                    f"{data.name}: {len(names)} ConvNets ({cfg.space} space)")
-    print("\n" + markdown_table(rows, columns))
-    print(f"\n  best = the candidate with the highest proxy validation accuracy; best_whole_test = its test "
-          f"accuracy (%) when trained on the whole data\n  tables: {paths['md']}, {paths['csv'].name}, "
-          f"{paths['json'].name}\n  plot:   {plot}")
+    publish(rows, columns, out, "nas",
+            {"dataset": data.name, "device": str(device), "config": to_dict(cfg), "versions": library_versions(),
+             "candidates": dict(results)},
+            notes="best = the candidate with the highest proxy validation accuracy; best_whole_test = its test "
+                  "accuracy (%) when trained on the whole data")
+    print(f"  plot:   {plot}")
     return 0
 
 

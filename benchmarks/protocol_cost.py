@@ -1,0 +1,117 @@
+"""What the full CIFAR protocols cost, from measured per-epoch training times (no CIFAR needed:
+speed does not depend on image content, so random tensors of the right shapes stand in).
+
+- **continual**: CIFAR-100, 10 steps; step t trains on 200*t memory images, 100-way head,
+  ConvNet-3 w128 instance norm, DSA, 1000 epochs; 3 models x 5 orders per step. Measured per
+  step size for our path (the 15 models of a step trained together, ensembled) and the
+  reference path (one model after another, as DM's script), then summed over the protocol.
+- **nas**: CIFAR-10, a sample of the 720 candidates, one proxy epoch (500 images) and one
+  whole-data epoch (45,000 images; measured on --whole-sample images and scaled linearly),
+  extrapolated to 720 x 200 proxy epochs and 720 x 100 whole-data epochs.
+
+    python benchmarks/protocol_cost.py                 # on cuda if present
+    python benchmarks/protocol_cost.py --device cpu --epochs 1 --whole-sample 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from distill.evaluate import EvalConfig, can_ensemble, parse_arch, train_group  # noqa: E402
+from nas.space import SPACES, candidate_name, candidate_spec, grid  # noqa: E402
+
+
+def per_epoch(spec, n_models, x, y, k, epochs, ensemble, dev) -> float:
+    def run(e: int) -> None:
+        cfg = EvalConfig(models=n_models, epochs=e)
+        train_group(spec, n_models, x, y, k, cfg, torch.Generator(device=dev).manual_seed(1), ensemble)
+
+    run(1)  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    run(epochs)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return (time.perf_counter() - t0) / epochs
+
+
+def continual_cost(dev: torch.device, epochs: int, steps: int, models: int) -> None:
+    spec = parse_arch("convnet")
+    g = torch.Generator(device=dev).manual_seed(0)
+    ens_ok = can_ensemble(spec, 3, 100, (32, 32), dev)
+    print(f"\n## continual: CIFAR-100, {steps} steps x 20 images/class, {models} models per step "
+          f"(3 x 5 orders), 1000 epochs\n")
+    print("| step | images | ours s/epoch (15 models) | reference s/epoch (15 models) |")
+    print("|---:|---:|---:|---:|")
+    tot_ours = tot_ref = 0.0
+    per = 100 // steps
+    for t in range(1, steps + 1):
+        n = 20 * per * t
+        x = torch.randn(n, 3, 32, 32, generator=g, device=dev)
+        y = torch.arange(per * t, device=dev).repeat_interleave(20)
+        ours = per_epoch(spec, models, x, y, 100, epochs, ens_ok, dev)
+        ref = per_epoch(spec, 1, x, y, 100, epochs, False, dev) * models
+        tot_ours += ours
+        tot_ref += ref
+        print(f"| {t} | {n} | {ours:.3f} | {ref:.3f} |")
+    print(f"\nfull protocol (sum over steps x 1000 epochs): ours {tot_ours * 1000 / 60:.1f} min "
+          f"({'ensembled' if ens_ok else 'sequential'}), reference {tot_ref * 1000 / 60:.1f} min")
+
+
+def nas_cost(dev: torch.device, epochs: int, sample: int, whole_sample: int) -> None:
+    g = torch.Generator(device=dev).manual_seed(0)
+    cands = grid(SPACES["full"])
+    step = max(1, len(cands) // sample)
+    picked = cands[::step][:sample]
+    xp = torch.randn(500, 3, 32, 32, generator=g, device=dev)
+    yp = torch.arange(10, device=dev).repeat_interleave(50)
+    xw = torch.randn(whole_sample, 3, 32, 32, generator=g, device=dev)
+    yw = torch.randint(0, 10, (whole_sample,), generator=g, device=dev)
+    print(f"\n## nas: CIFAR-10, {len(picked)} of 720 candidates (every {step}th), proxy 500 images x 200 "
+          f"epochs, whole 45,000 images x 100 epochs (measured on {whole_sample}, scaled)\n")
+    print("| candidate | proxy s/epoch | whole s/epoch (45k) |")
+    print("|---|---:|---:|")
+    sp = sw = 0.0
+    for p in picked:
+        a = per_epoch(candidate_spec(p), 1, xp, yp, 10, epochs, False, dev)
+        b = per_epoch(candidate_spec(p), 1, xw, yw, 10, epochs, False, dev) * 45000 / whole_sample
+        sp += a
+        sw += b
+        print(f"| {candidate_name(p)} | {a:.3f} | {b:.1f} |")
+    mp, mw = sp / len(picked), sw / len(picked)
+    print(f"\nextrapolated to 720 candidates: proxy search {720 * 200 * mp / 60:.1f} min, "
+          f"whole-data ground truth {720 * 100 * mw / 60:.0f} min (papers: ~206 and ~5169 min)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--epochs", type=int, default=None, help="timed epochs (default 5 on GPU, 1 on CPU)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--models", type=int, default=15)
+    ap.add_argument("--sample", type=int, default=12, help="NAS candidates to time")
+    ap.add_argument("--whole-sample", type=int, default=None, help="images timed for one whole-data epoch "
+                                                                   "(default 45000 on GPU, 1024 on CPU)")
+    ap.add_argument("--only", choices=("continual", "nas"), default=None)
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    epochs = a.epochs or (5 if dev.type == "cuda" else 1)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.machine()
+    print(f"device: {dev} ({name}); torch {torch.__version__}; {epochs} timed epoch(s) after 1 warm-up")
+    if a.only in (None, "continual"):
+        continual_cost(dev, epochs, a.steps, a.models)
+    if a.only in (None, "nas"):
+        nas_cost(dev, epochs, a.sample, a.whole_sample or (45000 if dev.type == "cuda" else 1024))
+
+
+if __name__ == "__main__":
+    main()
