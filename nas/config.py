@@ -12,7 +12,7 @@ from .space import get_space
 
 # digits (offline, CPU): shorter trainings and the smallest images the space fits (8x8 native,
 # 16x16 once a depth-4 pooled ConvNet is in the space), so a small search takes minutes
-QUICK = {"digits": {"proxy_epochs": 100, "whole_epochs": 20}}
+QUICK = {"digits": {"proxy_epochs": 100, "whole_epochs": 50}}
 
 
 def quick_resolution(dataset: str, space: str) -> int | None:
@@ -28,7 +28,7 @@ class NASConfig:
 
     space: str = "full"  # full (720) | small (48) | tiny (4)
     proxy_epochs: int | None = None  # None: 200 (papers); digits 100
-    whole_epochs: int | None = None  # None: 100 (papers); digits 20
+    whole_epochs: int | None = None  # None: 100 (papers); digits 50
     early_stopping: bool = True  # also run the whole set for as many steps as the proxy training
     val_fraction: float = 0.1  # held out of the real training set, per class, for ranking
     val_seed: int = 0

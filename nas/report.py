@@ -4,6 +4,7 @@ candidates and over the top-k candidates by whole-data accuracy (PROTOCOLS.md se
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,11 @@ def top_k_spearman(proxy: dict[str, float], whole: dict[str, float], k: int) -> 
 
 
 def best_pick(rows: dict[str, dict[str, Any]]) -> str:
-    """The candidate a search picks: highest validation accuracy (ties: the name, for stability)."""
-    return min(rows, key=lambda n: (-rows[n]["val_acc"], n))
+    """The candidate a search picks: highest validation accuracy (ties: the name, for stability);
+    imported results without validation accuracies are ranked by test accuracy."""
+    vals = [rows[n].get("val_acc") for n in rows]
+    key = "val_acc" if all(v is not None and not math.isnan(float(v)) for v in vals) else "test_acc"
+    return min(rows, key=lambda n: (-float(rows[n][key]), n))
 
 
 def summary_row(label: str, rows: dict[str, dict[str, Any]], whole: dict[str, dict[str, Any]],

@@ -31,6 +31,11 @@ def config_key(config: Any, code_version: str = CODE_VERSION) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def file_digest(path: str | Path) -> str:
+    """16 hex digits of SHA-256 over a file's bytes: the identity of a user-given input file."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 @dataclass
 class Artifact:
     """One stage output: ``root/stage/name-key/``, complete once ``result`` exists."""

@@ -10,7 +10,6 @@ only redraws the outputs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from distill.methods import METHODS, get_method
 from distill.report import publish
 from distill.synset import SyntheticSet, library_versions
 
-from .artifacts import Artifact
+from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
 from .common import DataConfig, build_config, pick_device, run_dir, write_yaml
 
@@ -36,10 +35,6 @@ class ContinualJob:
     dataset: DataConfig = field(default_factory=lambda: DataConfig(name="cifar100"))
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)  # method/ipc come from continual
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _memory_label(spec: str) -> str:
@@ -92,7 +87,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
         synset = SyntheticSet.load(spec)
         label = _memory_label(spec)
         check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
-        memories[label] = (synset, "file:" + _file_digest(Path(spec)))
+        memories[label] = (synset, "file:" + file_digest(spec))
     maker = BufferMaker(job.dataset, data, device, args.cache, args.force, progress=not args.quiet)
     for spec in [s for s in specs if not (s.endswith(".pt") or Path(s).exists())]:
         dcfg = maker.resolve(spec, cfg.ipc, job.distill)

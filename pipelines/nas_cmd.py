@@ -29,7 +29,7 @@ from distill.synset import SyntheticSet, library_versions
 from nas.config import NASConfig, quick_resolution, resolve_nas
 from nas.space import KEYS, candidate_name, candidate_spec, get_space, grid
 
-from .artifacts import Artifact
+from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
 from .common import DataConfig, build_config, pick_device, run_dir, write_yaml
 from .registry import lookup
@@ -192,7 +192,7 @@ def cmd_nas(args: argparse.Namespace) -> int:
             synset = SyntheticSet.load(spec)
             eval_inputs(synset, data)
             label = Path(spec).parent.name if Path(spec).stem == "synset" else Path(spec).stem
-            proxies[label] = (synset, "file:" + str(synset.meta.get("artifact_key") or Path(spec).resolve()))
+            proxies[label] = (synset, "file:" + file_digest(spec))
     for spec, p in parsed.items():
         if p is not None:
             dcfg = maker.resolve(p.method, p.ipc, p.distill_config(job.distill))
@@ -278,7 +278,7 @@ def add_parser(sub: Any, common: Any) -> None:
                                      "(default: a journal file in the cache)")
     n.add_argument("--whole-results", help="csv/json of whole-data results made elsewhere")
     n.add_argument("--proxy-epochs", type=int, help="epochs on the proxy (default 200; digits 100)")
-    n.add_argument("--whole-epochs", type=int, help="epochs on the whole data (default 100; digits 20)")
+    n.add_argument("--whole-epochs", type=int, help="epochs on the whole data (default 100; digits 50)")
     n.add_argument("--seed", type=int, help="candidate initialisation seed (default 0)")
     n.add_argument("--cache", default="artifacts", help="artifact cache folder (default: artifacts)")
     n.add_argument("--force", action="store_true", help="recompute cached proxies and studies")

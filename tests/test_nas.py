@@ -51,6 +51,9 @@ def test_summary_row_picks_by_validation_and_reports_whole_test():
     r = summary_row("p", rows, whole, [5])
     assert best_pick(rows) == "a" and r["best"] == "a" and r["best_whole_test"] == pytest.approx(70.0)
     assert r["spearman"] == pytest.approx(1.0) and r["minutes"] == pytest.approx(2.0) and r["top5"] != r["top5"]
+    # imported ground truth without validation accuracies is ranked by test accuracy
+    assert best_pick({"a": {"val_acc": float("nan"), "test_acc": 0.7},
+                      "b": {"val_acc": float("nan"), "test_acc": 0.75}}) == "b"
 
 
 def test_validation_split_is_stratified_and_disjoint():
