@@ -26,6 +26,7 @@ from distill.synset import SyntheticSet, library_versions
 from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
 from .common import DataConfig, build_config, pick_device, run_dir, write_yaml
+from .registry import file_label, is_path
 
 
 @dataclass
@@ -35,11 +36,6 @@ class ContinualJob:
     dataset: DataConfig = field(default_factory=lambda: DataConfig(name="cifar100"))
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)  # method/ipc come from continual
-
-
-def _memory_label(spec: str) -> str:
-    p = Path(spec)
-    return p.parent.name if p.stem == "synset" and p.parent.name else p.stem
 
 
 # protocol fields that do not change a cell's result
@@ -67,8 +63,9 @@ def cmd_continual(args: argparse.Namespace) -> int:
     data = job.dataset.load(quick.get("resolution"))
     cfg = resolve_continual(job.continual, data.name, data.num_classes)
     specs = [m.strip() for m in cfg.memories or [] if m.strip()]
+    files = [s for s in specs if is_path(s)]
     for spec in specs:  # every typo before any long work
-        if not (spec.endswith(".pt") or Path(spec).exists()):
+        if spec not in files:
             get_method(spec)
     out = run_dir(args.out, f"continual-{data.name}-{cfg.steps}steps")
     args.run_dir = out
@@ -83,20 +80,18 @@ def cmd_continual(args: argparse.Namespace) -> int:
 
     # 1. memories: files first (cheap checks), then cached or newly distilled ones
     memories: dict[str, tuple[SyntheticSet, str]] = {}
-    for spec in [s for s in specs if s.endswith(".pt") or Path(s).exists()]:
+    for spec in files:
         synset = SyntheticSet.load(spec)
-        label = _memory_label(spec)
         check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
-        memories[label] = (synset, "file:" + file_digest(spec))
+        memories[file_label(spec)] = (synset, "file:" + file_digest(spec))
     maker = BufferMaker(job.dataset, data, device, args.cache, args.force, progress=not args.quiet)
-    for spec in [s for s in specs if not (s.endswith(".pt") or Path(s).exists())]:
+    for spec in [s for s in specs if s not in files]:
         dcfg = maker.resolve(spec, cfg.ipc, job.distill)
         synset, path, reused = maker.get(dcfg)
         print(f"  memory {spec}: {'reused' if reused else 'made'} {path}")
         check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
         memories[spec] = (synset, "buffer:" + maker.artifact(dcfg).key)
-    ordered = {name: memories[name] for name in
-               [(_memory_label(s) if (s.endswith(".pt") or Path(s).exists()) else s) for s in specs]}
+    ordered = {name: memories[name] for name in [file_label(s) if s in files else s for s in specs]}
 
     # 2. the protocol, cell by cell, cached per memory
     benchmarks = benchmarks_for(data.train_x, data.train_y, data.test_x, data.test_y, k, cfg)

@@ -32,7 +32,7 @@ from nas.space import KEYS, candidate_name, candidate_spec, get_space, grid
 from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
 from .common import DataConfig, build_config, pick_device, run_dir, write_yaml
-from .registry import lookup
+from .registry import file_label, lookup
 
 @dataclass
 class NASJob:
@@ -191,8 +191,7 @@ def cmd_nas(args: argparse.Namespace) -> int:
         if p is None:
             synset = SyntheticSet.load(spec)
             eval_inputs(synset, data)
-            label = Path(spec).parent.name if Path(spec).stem == "synset" else Path(spec).stem
-            proxies[label] = (synset, "file:" + file_digest(spec))
+            proxies[file_label(spec)] = (synset, "file:" + file_digest(spec))
     for spec, p in parsed.items():
         if p is not None:
             dcfg = maker.resolve(p.method, p.ipc, p.distill_config(job.distill))

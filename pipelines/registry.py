@@ -65,9 +65,20 @@ def registry(path: Path = BUFFERS_FILE) -> dict[str, BufferDef]:
     return out
 
 
+def is_path(spec: str) -> bool:
+    """True when a buffer spec names a synset file rather than a buffer or method."""
+    return spec.endswith(".pt") or "/" in spec or Path(spec).exists()
+
+
+def file_label(path: str) -> str:
+    """How a synset file is called in reports: its stem, or its folder for ``.../synset.pt``."""
+    p = Path(path)
+    return p.parent.name if p.stem == "synset" and p.parent.name else p.stem
+
+
 def lookup(name: str) -> BufferDef | None:
     """The definition of a buffer name; None when ``name`` is a file path."""
-    if name.endswith(".pt") or "/" in name or Path(name).exists():
+    if is_path(name):
         return None
     defs = registry()
     if name in defs:
