@@ -18,20 +18,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from distill.evaluate import can_ensemble, parse_arch, train_group
 from distill.synset import SyntheticSet
+from distill.train import derived_seed
 
 from .benchmark import dm_class_order, make_benchmark
 from .config import ContinualConfig
 from .memory import SyntheticMemory
 
+
 def cell_seed(seed: int, order: int, step: int) -> int:
     """The generator seed of one (order, step) cell: independent of every other cell."""
-    return int(np.random.SeedSequence([seed, order, step]).generate_state(1)[0])
+    return derived_seed(seed, order, step)
 
 
 @dataclass

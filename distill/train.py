@@ -19,3 +19,11 @@ def embed_all(net: nn.Module, x: Tensor, batch: int = 1024) -> Tensor:
     """Final embeddings of ``x`` (eval mode)."""
     net.eval()
     return torch.cat([net.embed(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed derived from integers (e.g. run seed, class order, step) with numpy's
+    ``SeedSequence``: distinct tuples give independent streams, none depends on another."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])

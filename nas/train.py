@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from distill.evaluate import steps_per_epoch, train_group
+from distill.train import derived_seed
 
 from .config import NASConfig, recipe
 from .space import candidate_spec
@@ -69,7 +69,7 @@ def early_epochs(proxy_steps: int, whole_images: int, batch: int) -> int:
 
 def candidate_seed(seed: int, index: int) -> int:
     """The initialisation seed of grid point ``index``: the same in every condition."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    return derived_seed(seed, index)
 
 
 def train_candidate(params: dict[str, Any], index: int, cond: Condition, cfg: NASConfig,
