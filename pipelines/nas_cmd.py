@@ -83,7 +83,7 @@ def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache:
     """Train every candidate under ``cond`` in a (cached, resumable, shareable) study."""
     from tqdm import tqdm
 
-    from nas.study import open_storage, open_study, recover, results_table, run_worker, running
+    from nas.study import finished, open_storage, open_study, recover, results_table, run_worker, running
     from nas.train import train_candidate
     from nas.worker import to_device, worker_main
 
@@ -123,8 +123,6 @@ def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache:
                  for i in range(cfg.workers)]
         for p in procs:
             p.start()
-        from nas.study import finished
-
         while any(p.is_alive() for p in procs):
             progress(len(finished(study)), total)
             time.sleep(1.0)
@@ -185,19 +183,18 @@ def cmd_nas(args: argparse.Namespace) -> int:
           f"{cfg.whole_epochs} epochs, {cfg.workers} worker(s), on {device} -> {out}")
 
     # proxies first: a missing file or a set from another dataset fails before any training
-    proxies: dict[str, tuple[SyntheticSet, str]] = {}
+    proxies: dict[str, tuple[SyntheticSet, str, Any]] = {}  # set, identity, test images in its space
     maker = BufferMaker(job.dataset, data, device, args.cache, args.force, progress=not args.quiet)
     for spec, p in parsed.items():
         if p is None:
             synset = SyntheticSet.load(spec)
-            eval_inputs(synset, data)
-            proxies[file_label(spec)] = (synset, "file:" + file_digest(spec))
+            proxies[file_label(spec)] = (synset, "file:" + file_digest(spec), eval_inputs(synset, data))
     for spec, p in parsed.items():
         if p is not None:
             dcfg = maker.resolve(p.method, p.ipc, p.distill_config(job.distill))
             synset, path, reused = maker.get(dcfg)
             print(f"  proxy {spec}: {'reused' if reused else 'made'} {path}")
-            proxies[spec] = (synset, "buffer:" + maker.artifact(dcfg).key)
+            proxies[spec] = (synset, "buffer:" + maker.artifact(dcfg).key, eval_inputs(synset, data))
 
     train_idx, val_idx = val_split(data.train_y, data.num_classes, cfg.val_fraction, cfg.val_seed)
     prep = prepare(data, job.dataset.zca, "cpu")
@@ -213,10 +210,10 @@ def cmd_nas(args: argparse.Namespace) -> int:
                           Path(args.cache), device, args.force, args.quiet)
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    for label, (synset, identity) in proxies.items():
+    for label, (synset, identity, test_x) in proxies.items():
         val_x = synset.preprocess(data.train_x[val_idx])
         cond = Condition("proxy", synset.images, synset.labels, val_x, data.train_y[val_idx],
-                         eval_inputs(synset, data), data.test_y, k, int(cfg.proxy_epochs or 200))
+                         test_x, data.test_y, k, int(cfg.proxy_epochs or 200))
         results[label] = run_study(f"{data.name}_{label}", cond, {**base, "proxy": identity,
                                                                   "epochs": cfg.proxy_epochs},
                                    cfg, Path(args.cache), device, args.force, args.quiet)

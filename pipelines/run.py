@@ -20,6 +20,8 @@ try:  # running as a script from a checkout without installing the package
 except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch
+
 from distill.config import to_dict
 from distill.data import DATASETS
 from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
@@ -28,8 +30,6 @@ from distill.evaluate import ALL_ARCHS, EvalConfig, evaluate_set, resolve_eval, 
 from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
-import torch
-
 from pipelines import continual_cmd, nas_cmd, scaleout
 from pipelines.artifacts import list_artifacts
 from pipelines.registry import BUFFERS_FILE, lookup, registry
