@@ -178,15 +178,22 @@ def cutout_mask(p: DSAParams, image_size: tuple[int, int], dtype: torch.dtype) -
     return (~hole).to(dtype).unsqueeze(1)
 
 
-def apply(x: Tensor, p: DSAParams) -> Tensor:
-    """Augment ``x`` ``[n, C, H, W]`` with per-sample parameters ``p`` (``len(p) == n``)."""
+def apply(x: Tensor, p: DSAParams, skip_unused: bool | None = None) -> Tensor:
+    """Augment ``x`` ``[n, C, H, W]`` with per-sample parameters ``p`` (``len(p) == n``).
+
+    ``skip_unused`` (default: on the CPU only) skips a family that no sample uses. Otherwise
+    every family is computed and selected per sample with ``torch.where``: the same values,
+    without the host synchronisations that asking "is any sample using it?" costs on a GPU
+    (each one stalls the launch queue).
+    """
     if len(p) != len(x):
         raise ValueError(f"DSA: {len(p)} parameter sets for {len(x)} images")
-    if len(x) == 0 or bool((p.family < 0).all()):
+    skip = (not x.is_cuda) if skip_unused is None else skip_unused
+    if len(x) == 0 or (skip and bool((p.family < 0).all())):
         return x
     size = (x.shape[2], x.shape[3])
     col = p.family == FAMILIES.index("color")
-    if bool(col.any()):
+    if not skip or bool(col.any()):
         v = lambda t: t.view(-1, 1, 1, 1).to(x.dtype)  # noqa: E731
         y = x + v(p.brightness)
         m = y.mean(dim=1, keepdim=True)
@@ -194,12 +201,12 @@ def apply(x: Tensor, p: DSAParams) -> Tensor:
         m = y.mean(dim=(1, 2, 3), keepdim=True)
         y = (y - m) * v(p.contrast) + m
         x = torch.where(v(col).bool(), y, x)
-    if bool((p.family == FAMILIES.index("cutout")).any()):
+    if not skip or bool((p.family == FAMILIES.index("cutout")).any()):
         x = x * cutout_mask(p, size, x.dtype)
     geo = torch.zeros_like(p.flip)
     for name in ("crop", "flip", "scale", "rotate"):
         geo = geo | (p.family == FAMILIES.index(name))
-    if bool(geo.any()):
+    if not skip or bool(geo.any()):
         theta = affine_theta(p, size).to(x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=True)
         y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)

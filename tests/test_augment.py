@@ -144,3 +144,17 @@ def test_strategy_validation():
         A.parse_strategy("crop_blur")
     x = torch.randn(2, 3, *SIZE)
     assert torch.equal(A.per_sample(x, None, "none"), x)
+
+
+def test_apply_without_host_checks_matches_skipping():
+    """The GPU path (every family computed, selected per sample) gives exactly the CPU path's
+    values (unused families skipped), for every mix of families, including none used."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(48, 3, 12, 12, generator=g)
+    for strategy in (A.DEFAULT_STRATEGY, "color", "crop_flip", "cutout", "none"):
+        p = A.sample_params(48, (12, 12), g, strategy)
+        fast = A.apply(x, p, skip_unused=False)
+        assert torch.equal(fast, A.apply(x, p, skip_unused=True)), strategy
+    # only crops drawn: colour and cutout are computed but must leave every image untouched there
+    p = A.sample_params(48, (12, 12), g, "crop")
+    assert torch.equal(A.apply(x, p, skip_unused=False), A.apply(x, p, skip_unused=True))
