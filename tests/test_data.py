@@ -11,49 +11,20 @@ from PIL import Image
 
 from distill.data import ClassIndex, load_dataset
 from distill.errors import UserError
-
-
-def _write_cifar(root, name, n_train_per_batch, n_test, num_classes, rng):
-    """Python-version CIFAR pickles: dict with str keys, data uint8 N x 3072 (R, G, B planes)."""
-    if name == "cifar10":
-        folder = root / "cifar-10-batches-py"
-        files = [f"data_batch_{i}" for i in range(1, 6)]
-        label_key, meta_file, meta_key = "labels", "batches.meta", "label_names"
-        test_file = "test_batch"
-    else:
-        folder = root / "cifar-100-python"
-        files = ["train"]
-        label_key, meta_file, meta_key = "fine_labels", "meta", "fine_label_names"
-        test_file = "test"
-    folder.mkdir(parents=True)
-    truth = {}
-    for f in files + [test_file]:
-        n = n_test if f == test_file else n_train_per_batch
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, num_classes, size=n)]
-        with open(folder / f, "wb") as fh:
-            pickle.dump({"data": data, label_key: labels}, fh)
-        truth[f] = (data, labels)
-    names = [f"class{i}" for i in range(num_classes)]
-    with open(folder / meta_file, "wb") as fh:
-        pickle.dump({meta_key: names}, fh)
-    return files, test_file, truth, names
+from distill.fixtures import accept_fabricated_cifar, write_cifar
 
 
 @pytest.fixture
-def no_md5(monkeypatch):
+def no_md5():
     """Fabricated archives cannot match the official checksums: skip only that check."""
-    import os
-
-    from torchvision.datasets import cifar
-
-    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    with accept_fabricated_cifar():
+        yield
 
 
 @pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_reads_python_pickles(tmp_path, no_md5, name, num_classes):
-    rng = np.random.default_rng(0)
-    files, test_file, truth, names = _write_cifar(tmp_path, name, 7, 5, num_classes, rng)
+    fab = write_cifar(tmp_path, name, per_class=7, test_per_class=5, seed=0, balanced=False)
+    files, test_file, truth, names = fab["files"], fab["test_file"], fab["truth"], fab["classes"]
     data = load_dataset(name, tmp_path, download=False)
     exp_train = np.concatenate([truth[f][0] for f in files])
     exp_labels = sum((truth[f][1] for f in files), [])

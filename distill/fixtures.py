@@ -1,0 +1,69 @@
+"""Fabricated datasets in the exact on-disk formats, for tests and the GPU suite (no download).
+
+``write_cifar`` writes the python-version CIFAR archives that torchvision reads
+(``cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta`` or
+``cifar-100-python/train, test, meta``): pickled dicts with str keys, ``data`` uint8 ``N x 3072``
+(the R, G and B planes of a 32x32 image, row-major), ``labels`` / ``fine_labels`` lists of int.
+torchvision checks the official MD5 sums, which fabricated files cannot match:
+``accept_fabricated_cifar`` turns that one check into "the file exists" while it is active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+CIFAR_LAYOUT = {
+    # name: (folder, train files, test file, label key, meta file, meta key, classes)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels",
+                "batches.meta", "label_names", 10),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels", "meta", "fine_label_names", 100),
+}
+
+
+def write_cifar(root: str | Path, name: str, per_class: int, test_per_class: int, seed: int = 0,
+                balanced: bool = True) -> dict:
+    """Write a fabricated ``name`` archive under ``root``; ``per_class`` training images of every
+    class spread over the training files (``balanced=False``: the same total, random labels).
+    Returns ``{"files", "test_file", "truth": {file: (data, labels)}, "classes"}``."""
+    folder, files, test_file, label_key, meta_file, meta_key, k = CIFAR_LAYOUT[name]
+    rng = np.random.default_rng(seed)
+    path = Path(root) / folder
+    path.mkdir(parents=True, exist_ok=True)
+
+    def labels_for(n_per_class: int) -> np.ndarray:
+        y = np.repeat(np.arange(k), n_per_class) if balanced else rng.integers(0, k, size=k * n_per_class)
+        return rng.permutation(y)
+
+    train_y = labels_for(per_class)
+    truth = {}
+    for f, part in zip(files, np.array_split(train_y, len(files))):
+        truth[f] = (rng.integers(0, 256, size=(len(part), 3072), dtype=np.uint8), [int(v) for v in part])
+    test_y = labels_for(test_per_class)
+    truth[test_file] = (rng.integers(0, 256, size=(len(test_y), 3072), dtype=np.uint8), [int(v) for v in test_y])
+    for f, (data, labels) in truth.items():
+        with open(path / f, "wb") as fh:
+            pickle.dump({"data": data, label_key: labels}, fh)
+    classes = [f"class{i}" for i in range(k)]
+    with open(path / meta_file, "wb") as fh:
+        pickle.dump({meta_key: classes}, fh)
+    return {"files": files, "test_file": test_file, "truth": truth, "classes": classes}
+
+
+@contextlib.contextmanager
+def accept_fabricated_cifar() -> Iterator[None]:
+    """While active, torchvision's CIFAR integrity check accepts any existing file (fabricated
+    archives cannot match the official MD5 sums); restored on exit."""
+    from torchvision.datasets import cifar
+
+    saved = cifar.check_integrity
+    cifar.check_integrity = lambda path, md5=None: os.path.isfile(path)
+    try:
+        yield
+    finally:
+        cifar.check_integrity = saved
