@@ -16,6 +16,7 @@ the DataDAM code (which also concatenates the classes).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -35,9 +36,13 @@ from .methods import get_method
 from .nets import INITS, NetSpec, has_batch_statistics, init_weights
 from .preprocess import Preprocess
 from .synset import SyntheticSet, atomic_save
-from .train import embed_all
+from .train import COMPILE_MODES, compiled, embed_all, wants_compile
 
 PRESETS = ("paper", "reference_code")
+# config values that change how the work is done, not its result (up to float rounding):
+# reporting, checkpoint cadence, forward-pass chunking, compilation. The artifact cache key and
+# the resume check both ignore them.
+EXECUTION_KEYS = ("checkpoint_every", "eval_every", "eval_epochs", "chunk", "syn_chunk", "compile")
 INITS_SYN = ("real", "noise", "kcenter")
 
 
@@ -76,7 +81,9 @@ class DistillConfig:
     layers: list[int] | None = None  # 1-based blocks for attention; None: 1..L-1
     init: str = "real"  # real | noise | kcenter
     dsa: str = augment.DEFAULT_STRATEGY
-    chunk: int | None = None  # images per forward pass; None: 4096 on GPU, 128 on CPU
+    chunk: int | None = None  # real images per forward pass; None: 4096 on GPU, 128 on CPU
+    syn_chunk: int | None = None  # synthetic images per forward+backward; None: 512 on GPU, 128 on CPU
+    compile: str = "auto"  # torch.compile the matching network: auto (on CUDA) | on | off
     embed_epochs: int = 10  # ConvNet training epochs for herding / kcenter embeddings
     net: NetConfig = field(default_factory=NetConfig)
     seed: int = 0
@@ -108,6 +115,8 @@ def resolve(cfg: DistillConfig, image_size: int, dataset: str | None = None) -> 
                   init=cfg.net.init or ("default" if ref else "he"))
     if net.init not in INITS:
         raise choice_error("net.init", net.init, INITS)
+    if cfg.compile not in COMPILE_MODES:
+        raise choice_error("compile", cfg.compile, COMPILE_MODES)
     out = replace(
         cfg,
         method=method.name,
@@ -223,15 +232,50 @@ def initial_images(prep: Prepared, cfg: DistillConfig, gen: torch.Generator, pro
     return prep.train_x[idx.to(dev)].clone()
 
 
-def chunk_classes(cfg: DistillConfig, net: torch.nn.Module, k: int, per_class: int,
-                  device: torch.device) -> int:
-    """How many classes one forward pass holds: ``cfg.chunk`` images (auto: 4096 on a GPU,
-    128 on the CPU, where smaller feature maps stay in cache). Batch-norm networks see all
-    classes at once, as in the DataDAM code, since chunks would change their statistics."""
+def chunk_classes(images: int | None, net: torch.nn.Module, k: int, per_class: int, device: torch.device,
+                  auto_gpu: int) -> int:
+    """How many classes one forward pass holds: about ``images`` per pass (``None``:
+    ``auto_gpu`` on a GPU, 128 on the CPU, where smaller feature maps stay in cache), rounded
+    down to a divisor of ``k`` when one is at least half as large, so that every pass has the
+    same shape (a compiled network then needs one graph per side, not one per remainder).
+    Batch-norm networks see all classes at once, as in the DataDAM code, since chunks would
+    change their statistics.
+
+    GPU defaults (benchmarks/RESULTS.md, H100): real images 4096 per pass (no graph is kept, a
+    pass only holds its own activations); synthetic images 512 per pass, because their graph
+    lives until the chunk's backward: CIFAR-100 IPC 20 in 4 passes took 72 ms and 6.2 GB, in
+    one pass 68-79 ms and 8.2 GB. Fewer, larger passes are faster because a step is bound by
+    kernel launches at these sizes (256 per pass: 99 ms; 128: 180 ms)."""
     if has_batch_statistics(net):
         return k
-    images = cfg.chunk or (4096 if device.type == "cuda" else 128)
-    return max(1, min(k, images // max(per_class, 1)))
+    images = images or (auto_gpu if device.type == "cuda" else 128)
+    most = max(1, min(k, images // max(per_class, 1)))
+    even = max(d for d in range(1, most + 1) if k % d == 0)
+    return even if 2 * even >= most else most
+
+
+def matching_net(cfg: DistillConfig, channels: int, num_classes: int, size: tuple[int, int],
+                 device: torch.device) -> torch.nn.Module:
+    """The frozen network whose features are matched; its ``forward_features`` is compiled where
+    ``cfg.compile`` asks. :func:`loss_and_grad` re-initialises every weight (and resets running
+    statistics) from the run's generator at every iteration, so no state survives between
+    iterations or runs: one network per architecture, shape and device serves every run of a
+    process, and is compiled once (compilation guards on the module object; a new network per
+    run would recompile every time)."""
+    dev = torch.device(device)
+    return _matching_net(cfg.net.spec(), channels, num_classes, tuple(size), str(dev),
+                         wants_compile(cfg.compile, dev))
+
+
+@functools.lru_cache(maxsize=16)
+def _matching_net(spec: NetSpec, channels: int, num_classes: int, size: tuple[int, int], device: str,
+                  compile_it: bool) -> torch.nn.Module:
+    net = spec.build(channels, num_classes, size).to(device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    # an instance attribute: loss_and_grad calls net.forward_features, compiled or not
+    net.forward_features = compiled(net.forward_features, compile_it, dynamic=False)  # two shapes per run
+    return net
 
 
 def _slice_stats(stats: dict[str, list[Tensor]], c0: int, c1: int) -> dict[str, list[Tensor]]:
@@ -257,7 +301,7 @@ def loss_and_grad(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn:
     idx = index.sample(cfg.batch_real, gen)  # [K, B]
     params = augment.sample_params(k, tuple(syn.shape[2:]), gen, cfg.dsa, dev)
     lo, hi = classes if classes is not None else (0, k)
-    step = chunk_classes(cfg, net, k, cfg.batch_real, dev)
+    step = chunk_classes(cfg.chunk, net, k, cfg.batch_real, dev, auto_gpu=4096)
     chunks = []
     with torch.no_grad():
         for c0 in range(lo, hi, step):
@@ -267,7 +311,7 @@ def loss_and_grad(net: torch.nn.Module, train_x: Tensor, index: ClassIndex, syn:
             chunks.append(class_statistics(feats, emb, len(ids), weights))
     real = concat_statistics(chunks) if len(chunks) > 1 else chunks[0]
     total = torch.zeros((), device=dev)
-    step = chunk_classes(cfg, net, k, ipc, dev)
+    step = chunk_classes(cfg.syn_chunk, net, k, ipc, dev, auto_gpu=512)
     for c0 in range(lo, hi, step):
         c1 = min(hi, c0 + step)
         x_syn = augment.apply(syn[c0 * ipc : c1 * ipc], params.index(augment.group_ids(c0, c1, ipc, dev)))
@@ -298,7 +342,7 @@ class State:
 def _resume_key(cfg: DistillConfig | dict[str, Any]) -> dict[str, Any]:
     """The config values a checkpoint must agree on (run length and reporting may change)."""
     d = dict(to_dict(cfg))
-    for k in ("iterations", "checkpoint_every", "eval_every", "eval_epochs"):
+    for k in ("iterations", *EXECUTION_KEYS):
         d.pop(k, None)
     return d
 
@@ -326,9 +370,7 @@ def distill(
     check_ipc(prep.data, cfg.ipc)
     dev = prep.train_x.device
     k, size = prep.num_classes, prep.data.image_size
-    net = cfg.net.spec().build(prep.data.channels, k, size).to(dev)
-    for p in net.parameters():
-        p.requires_grad_(False)
+    net = matching_net(cfg, prep.data.channels, k, size, dev)
     weights = match_weights(cfg, len(getattr(net, "blocks", [])) or 1)
     if shard is not None and has_batch_statistics(net) and shard != (0, k):
         raise UserError("class sharding needs a network without batch statistics (batch norm couples the "

@@ -16,19 +16,17 @@ import torch
 
 from distill.config import to_dict
 from distill.data import ImageData
-from distill.distiller import DistillConfig, Prepared, check_ipc, distill, prepare, resolve
+from distill.distiller import EXECUTION_KEYS, DistillConfig, Prepared, check_ipc, distill, prepare, resolve
 from distill.synset import SyntheticSet
 
 from .artifacts import Artifact
 from .common import DataConfig
 
-# values that never change the result (reporting, checkpoint cadence, chunking is exact)
-_NOT_IN_KEY = ("checkpoint_every", "eval_every", "eval_epochs", "chunk")
 
 
 def buffer_key_config(data_id: dict[str, Any], cfg: DistillConfig) -> dict[str, Any]:
     d = to_dict(cfg)
-    for k in _NOT_IN_KEY:
+    for k in EXECUTION_KEYS:
         d.pop(k, None)
     return {"dataset": data_id, "distill": d}
 

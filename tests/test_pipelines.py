@@ -36,7 +36,8 @@ def test_cache_key_changes_exactly_with_relevant_values():
     for change in ({"lam": 0.02}, {"ipc": 11}, {"seed": 1}, {"method": "datadam"}, {"iterations": 301},
                    {"p_spatial": 1.0}, {"net": distiller.NetConfig(width=64)}):
         assert _key(**change) != base, change
-    for change in ({"checkpoint_every": 7}, {"eval_every": 5}, {"eval_epochs": 3}, {"chunk": 64}):
+    for change in ({"checkpoint_every": 7}, {"eval_every": 5}, {"eval_epochs": 3}, {"chunk": 64},
+                   {"syn_chunk": 32}, {"compile": "off"}):
         assert _key(**change) == base, change  # reporting, checkpoint cadence, exact chunking
     assert _key({**DATA_ID, "zca": True}) != base and _key({**DATA_ID, "image_size": [16, 16]}) != base
     # where the data live is not part of a result's identity
