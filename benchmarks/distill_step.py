@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill import augment  # noqa: E402
 from distill.data import ClassIndex  # noqa: E402
-from distill.distiller import DistillConfig, loss_and_grad, match_weights, resolve  # noqa: E402
+from distill.distiller import DistillConfig, loss_and_grad, match_weights, matching_net, resolve  # noqa: E402
 from distill.matching import matching_loss  # noqa: E402
 from distill.nets import build_net  # noqa: E402
 
@@ -88,9 +88,7 @@ def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: to
 
 def ours_factory(train_x, labels, syn, cfg, k):
     dev = train_x.device
-    net = build_net("convnet", 3, k, (32, 32), norm=cfg.net.norm).to(dev)
-    for p in net.parameters():
-        p.requires_grad_(False)
+    net = matching_net(cfg, 3, k, (32, 32), dev)  # as distill() builds it (compiled on CUDA)
     weights = match_weights(cfg, 3)
     index = ClassIndex.from_labels(labels, k)
     gen = torch.Generator(device=dev).manual_seed(0)
