@@ -1,7 +1,7 @@
 """Quality on real data, offline: distil scikit-learn's digits with every method at IPC 1 and 10,
 evaluate each set with 10 ConvNets, print mean +- std test accuracy and distillation time.
 
-Also answers PROTOCOLS.md's open question for DataDAM/ATOM: the paper's loss scale (x1) or the
+Also answers an open question for DataDAM/ATOM (docs/protocols.md section 2): the paper's loss scale (x1) or the
 DataDAM code's (x100, the same as a 100x larger image learning rate with plain SGD)? The rows
 ``datadam x100`` / ``atom x100`` (opt-in through --methods) change only ``loss_scale``.
 

@@ -1,4 +1,4 @@
-"""The class-incremental benchmark (PROTOCOLS.md section 4): DM's class orders and an
+"""The class-incremental benchmark (docs/protocols.md section 4): DM's class orders and an
 Avalanche 0.6 scenario with ``S`` experiences of ``K / S`` new classes each."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DM's GDumb-like class-incremental protocol (PROTOCOLS.md section 4).
+"""DM's GDumb-like class-incremental protocol (docs/protocols.md section 4).
 
 For every class order and every step ``t``: the memory is the synthetic buffers of the classes
 seen so far (:class:`~continual.memory.SyntheticMemory`, filled from the Avalanche experience);

@@ -1,7 +1,7 @@
 """Differentiable Siamese Augmentation (DSA; Zhao & Bilen 2021), vectorised over groups.
 
 Strategy ``color_crop_cutout_flip_scale_rotate`` in mode 'S': every group draws ONE family
-from the strategy, then that family's parameters (PROTOCOLS.md section 2):
+from the strategy, then that family's parameters (docs/protocols.md section 2):
 
 ========== ==========================================================================
 color      brightness ``x + (U-0.5)``, saturation ``(x - mean_c) * 2U + mean_c``,

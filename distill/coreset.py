@@ -2,7 +2,7 @@
 
 Herding and k-center work on embeddings of a ConvNet trained on the real training set
 (the distillation ConvNet, ``embed_epochs`` epochs of the evaluation recipe without
-augmentation; PROTOCOLS.md section 4). The selection functions are pure: embeddings in,
+augmentation; docs/protocols.md section 4). The selection functions are pure: embeddings in,
 indices out.
 """
 

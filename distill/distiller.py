@@ -1,6 +1,6 @@
 """The distillation loop: all classes in one pass, checkpoints, exact resume.
 
-One iteration (PROTOCOLS.md section 2):
+One iteration (docs/protocols.md section 2):
 
 1. re-initialise the frozen ConvNet from the run's generator;
 2. draw ``batch_real`` real images of EVERY class (one indexing op on a padded class index);

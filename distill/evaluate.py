@@ -1,6 +1,6 @@
 """Evaluating a synthetic set: train N fresh networks on it, test them on the real test set.
 
-The recipe (PROTOCOLS.md section 3): SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
+The recipe (docs/protocols.md section 3): SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
 1000 epochs, LR x0.1 at half, per-sample DSA on every batch (one family per batch), no
 augmentation at test time. The test images go through the set's OWN stored preprocessing
 (normalisation and ZCA), never a refit.

@@ -1,4 +1,4 @@
-"""Attention-matching terms as pure tensor functions (PROTOCOLS.md section 2).
+"""Attention-matching terms as pure tensor functions (docs/protocols.md section 2).
 
 Notation: ``f`` a feature map ``[B, C, H, W]`` of one block (post-activation, pre-pooling),
 ``K`` classes stacked class-major (rows ``k*B .. (k+1)*B - 1`` belong to class k).

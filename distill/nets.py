@@ -34,7 +34,7 @@ ARCHS = ("convnet", "alexnet", "vgg11", "resnet18", "vit")
 
 
 def make_norm(norm: str, channels: int, spatial: tuple[int, int]) -> nn.Module:
-    """The norm layers of PROTOCOLS.md section 1 (instancenorm = GroupNorm(C, C, affine))."""
+    """The norm layers of docs/protocols.md section 1 (instancenorm = GroupNorm(C, C, affine))."""
     if norm == "none":
         return nn.Identity()
     if norm == "batchnorm":
@@ -109,7 +109,7 @@ class ConvBlock(nn.Module):
 
 
 class ConvNet(_Net):
-    """The ConvNet of DC/DSA/DM/DataDAM/ATOM (PROTOCOLS.md section 1).
+    """The ConvNet of DC/DSA/DM/DataDAM/ATOM (docs/protocols.md section 1).
 
     ``depth`` blocks of Conv3x3(width) -> norm -> activation -> 2x2 pooling, then a linear
     classifier on the flattened last block. 1-channel 28x28 input gets padding 3 in the first

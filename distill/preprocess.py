@@ -5,7 +5,7 @@ with kornia's ``ZCAWhitening(eps=0.1)`` fitted ONCE on the whole (normalised) tr
 train and test images go through the same transform. The fitted transform is stored with each
 synthetic set (plain tensors: mean vector, whitening matrix, inverse), so a set can always be
 mapped back to pixels (the DataDAM code refits ZCA on the synthetic images instead, a known
-bug; see PROTOCOLS.md).
+bug; see docs/protocols.md section 2).
 
 ZCA (Eq. of kornia's ``ZCAWhitening``): with ``x`` flattened to ``[N, D]`` and ``mu`` its
 mean, ``z = (x - mu) @ W`` with ``W = U diag(1 / sqrt(s + eps)) U^T`` from the eigen-

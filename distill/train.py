@@ -1,4 +1,4 @@
-"""Small helpers around single networks: the LR schedule of the evaluation recipe (PROTOCOLS.md
+"""Small helpers around single networks: the LR schedule of the evaluation recipe (docs/protocols.md
 section 3), embeddings, and optional compilation. Training itself lives in
 ``distill.evaluate.train_group``."""
 

@@ -1,6 +1,6 @@
 """NAS report: the architecture each proxy picks, its whole-data test accuracy, and Spearman's
 rank correlation between proxy-trained and whole-data-trained test accuracies over all
-candidates and over the top-k candidates by whole-data accuracy (PROTOCOLS.md section 5)."""
+candidates and over the top-k candidates by whole-data accuracy (docs/protocols.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The NAS search space (PROTOCOLS.md section 5): ConvNets over depth x width x activation x
+"""The NAS search space (docs/protocols.md section 5): ConvNets over depth x width x activation x
 normalisation x pooling = 4 x 4 x 3 x 5 x 3 = 720 candidates, plus smaller named subsets."""
 
 from __future__ import annotations

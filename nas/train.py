@@ -1,4 +1,4 @@
-"""Training one candidate under one condition (PROTOCOLS.md section 5):
+"""Training one candidate under one condition (docs/protocols.md section 5):
 
 - ``proxy``: on a SyntheticSet for ``proxy_epochs`` (200);
 - ``whole``: on the real training set minus the validation split for ``whole_epochs`` (100),
