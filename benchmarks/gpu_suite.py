@@ -156,7 +156,8 @@ def part_distill(dev: torch.device, smoke: bool) -> dict:
         syn_ref = syn.detach().clone().requires_grad_(True)
         opt = torch.optim.SGD([syn_ref], lr=cfg.lr_img, momentum=cfg.momentum)
         fns = {"ours": distill_step.ours_factory(train_x, labels, syn, cfg, k),
-               "reference": lambda: distill_step.reference_step(train_x, classes_idx, syn_ref, opt, cfg, k)}
+               "reference": lambda tx=train_x, s=syn_ref, o=opt: distill_step.reference_step(tx, classes_idx, s, o,
+                                                                                               cfg, k)}
         res = distill_step.measure(fns, dev, warmup, iters)
         rows.append({"shape": shape.name, "ours_ms": res["ours"][0], "reference_ms": res["reference"][0],
                      "speedup": res["reference"][0] / res["ours"][0], "ours_peak_mib": res["ours"][1],

@@ -16,7 +16,8 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from torch import Tensor
 
 from distill.errors import UserError
-from distill.synset import SyntheticSet, atomic_save
+from distill.files import atomic_save
+from distill.synset import SyntheticSet
 
 from .benchmark import classification_dataset
 

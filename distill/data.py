@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .files import atomic_save
 from .errors import UserError, choice_error
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -206,9 +207,7 @@ def _cached(cache: Path, build: Callable[[], ImageData]) -> ImageData:
                             "mean": tuple(blob["mean"]), "std": tuple(blob["std"])})
     data = build()
     try:
-        tmp = cache.with_suffix(".tmp")
-        torch.save({f: getattr(data, f) for f in data.__dataclass_fields__}, tmp)
-        os.replace(tmp, cache)
+        atomic_save({f: getattr(data, f) for f in data.__dataclass_fields__}, cache)
     except OSError:
         pass  # read-only data folder: decode again next time
     return data

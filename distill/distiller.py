@@ -35,7 +35,8 @@ from .matching import MatchWeights, class_statistics, concat_statistics, statist
 from .methods import get_method
 from .nets import INITS, NetSpec, has_batch_statistics, init_weights
 from .preprocess import Preprocess
-from .synset import SyntheticSet, atomic_save
+from .files import atomic_save
+from .synset import SyntheticSet
 from .train import COMPILE_MODES, compiled, embed_all, wants_compile
 
 PRESETS = ("paper", "reference_code")

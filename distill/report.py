@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_text, atomic_write
+
 
 def pct(mean: float, std: float) -> str:
     """``0.5421, 0.0123 -> '54.21 +- 1.23'`` (percent)."""
@@ -33,12 +35,16 @@ def write_tables(rows: list[dict[str, Any]], columns: list[str], out_dir: str | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
-    paths["md"].write_text(markdown_table(rows, columns) + "\n")
-    with open(paths["csv"], "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    paths["json"].write_text(json.dumps({**(extra or {}), "rows": rows}, indent=2))
+    atomic_text(paths["md"], markdown_table(rows, columns) + "\n")
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(paths["csv"], write_csv)
+    atomic_text(paths["json"], json.dumps({**(extra or {}), "rows": rows}, indent=2))
     return paths
 
 
@@ -58,8 +64,7 @@ def save_figure(fig: Any, path: str | Path) -> Path:
 
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return path
 

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .files import atomic_save, atomic_write
 from .preprocess import Preprocess
 
 FORMAT = "attention-distill/synthetic-set"
@@ -44,14 +45,6 @@ def library_versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": str(torch.__version__),
             "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
 
-
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _plain(value: Any) -> Any:
@@ -198,12 +191,14 @@ class SyntheticSet:
         ``class_names`` and the preprocessing arrays, readable with ``numpy.load``."""
         pix = (self.to_pixels() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         pre = {f"preprocess_{k}": v.numpy() for k, v in self.preprocess.state().items() if v is not None}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, images=self.images.detach().cpu().numpy(), pixels=pix,
-                            labels=self.labels.cpu().numpy(),
-                            class_names=np.array(self.class_names), **pre)
-        return path
+        arrays = dict(images=self.images.detach().cpu().numpy(), pixels=pix, labels=self.labels.cpu().numpy(),
+                      class_names=np.array(self.class_names), **pre)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: numpy would append ".npz" to a temporary name
+                np.savez_compressed(fh, **arrays)
+
+        return atomic_write(path, write)
 
     def export_png(self, folder: str | os.PathLike[str]) -> Path:
         """One folder per class (``000_airplane/``), one PNG per image: an ImageFolder tree."""
@@ -240,7 +235,5 @@ class SyntheticSet:
         if grid.shape[-1] < upscale_to:
             f = upscale_to // grid.shape[-1]
             grid = grid.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, str(path), nrow=per, padding=2, pad_value=1.0)
-        return path
+        return atomic_write(path, lambda tmp: save_image(grid, str(tmp), nrow=per, padding=2, pad_value=1.0,
+                                                         format="png"))

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 import distill
+from distill.files import atomic_text
 
 CODE_VERSION = f"{distill.__version__}+alg{distill.ALGORITHM_VERSION}"
 DEFAULT_ROOT = "artifacts"
@@ -69,7 +70,7 @@ class Artifact:
         self.path.mkdir(parents=True, exist_ok=True)
         cfg = self.path / "config.yaml"
         if not cfg.exists():
-            cfg.write_text(yaml.safe_dump({"stage": self.stage, "name": self.name, "key": self.key,
+            atomic_text(cfg, yaml.safe_dump({"stage": self.stage, "name": self.name, "key": self.key,
                                            "code_version": CODE_VERSION, "result": self.result,
                                            "config": self.config},
                                           sort_keys=False))

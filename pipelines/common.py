@@ -17,6 +17,7 @@ import yaml
 from distill.config import apply_override, from_dict, load_yaml, locate
 from distill.data import FIXED_RESOLUTION, ImageData, load_dataset
 from distill.errors import ConfigError, UserError
+from distill.files import atomic_text
 
 
 @dataclass
@@ -109,11 +110,11 @@ def write_run_record(folder: Path, argv: list[str], started: float, seconds: flo
                      log: str) -> None:
     """``run.log`` (everything printed) and ``timings.json`` (command, start, duration, exit)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.log").write_text(log)
+    atomic_text(folder / "run.log", log)
     stamp = _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds")
-    (folder / "timings.json").write_text(json.dumps({"command": ["pipelines/run.py", *argv], "started": stamp,
+    atomic_text(folder / "timings.json", json.dumps({"command": ["pipelines/run.py", *argv], "started": stamp,
                                                      "seconds": round(seconds, 3), "exit_code": code}, indent=1))
 
 
 def write_yaml(path: Path, data: Any) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    atomic_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -19,6 +19,7 @@ from typing import Any
 from continual.config import QUICK, ContinualConfig, resolve_continual
 from distill.config import to_dict
 from distill.distiller import DistillConfig
+from distill.files import atomic_text
 from distill.methods import METHODS, get_method
 from distill.report import publish
 from distill.synset import SyntheticSet, library_versions
@@ -113,9 +114,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
 
         def save(cell: Any, done: dict = done, path: Path = cells_path) -> None:
             done[cell.key()] = cell
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({k2: cell_to_dict(c) for k2, c in done.items()}, indent=1))
-            tmp.replace(path)
+            atomic_text(path, json.dumps({k2: cell_to_dict(c) for k2, c in done.items()}, indent=1))
 
         test_x = synset.preprocess(data.test_x)
         cells = run_memory(synset, test_x, data.test_y, benchmarks, cfg, device, done, save, bar)

@@ -24,6 +24,7 @@ from distill.data import ImageData
 from distill.distiller import DistillConfig, prepare
 from distill.errors import UserError
 from distill.evaluate import eval_inputs, steps_per_epoch
+from distill.files import atomic_text
 from distill.report import publish
 from distill.synset import SyntheticSet, library_versions
 from nas.config import NASConfig, quick_resolution, resolve_nas
@@ -140,7 +141,7 @@ def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache:
     if len(rows) < total:
         raise UserError(f"study {name} finished only {len(rows)} of {total} candidates; run the command "
                         "again to resume it")
-    art.result_path.write_text(json.dumps({"study": name, "seconds": time.perf_counter() - t0,
+    atomic_text(art.result_path, json.dumps({"study": name, "seconds": time.perf_counter() - t0,
                                            "rows": rows}, indent=1))
     return rows
 
