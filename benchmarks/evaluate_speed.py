@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.evaluate import EvalConfig, parse_arch, train_group  # noqa: E402
+from distill.evaluate import parse_arch, train_group  # noqa: E402
+from distill.train import TrainRecipe
 
 
 def timed(fn, dev: torch.device) -> float:
@@ -53,7 +54,7 @@ def main() -> None:
     rows = {}
     for label, ens in (("ensembled", True), ("sequential", False)):
         def run(n_epochs: int) -> None:
-            cfg = EvalConfig(models=args.models, epochs=n_epochs)
+            cfg = TrainRecipe(models=args.models, epochs=n_epochs)
             train_group(spec, args.models, x, y, 10, cfg, torch.Generator(device=dev).manual_seed(1), ens)
 
         run(1)  # warm-up (allocator, kernels)

@@ -58,7 +58,8 @@ from distill import augment  # noqa: E402
 from distill.data import ClassIndex  # noqa: E402
 from distill.distiller import (DistillConfig, _matching_net, loss_and_grad, match_weights,  # noqa: E402
                                matching_net, resolve)
-from distill.evaluate import EvalConfig, ModelGroup, parse_arch, stacked_forward, train_group  # noqa: E402
+from distill.evaluate import parse_arch, train_group  # noqa: E402
+from distill.train import ModelGroup, TrainRecipe, stacked_forward
 from distill.fixtures import accept_fabricated_cifar, write_cifar  # noqa: E402
 from distill.nets import init_weights  # noqa: E402
 
@@ -225,7 +226,7 @@ def part_evaluate(dev: torch.device, smoke: bool) -> dict:
         row: dict[str, Any] = {"ipc": ipc, "images": len(x), "models": models}
         for label, ens in (("ensembled", True), ("sequential", False)):
             def run(e: int, ens=ens) -> None:
-                train_group(spec, models, x, y, 10, EvalConfig(models=models, epochs=e),
+                train_group(spec, models, x, y, 10, TrainRecipe(models=models, epochs=e),
                             torch.Generator(device=dev).manual_seed(1), ens)
 
             run(1)  # warm-up
@@ -253,10 +254,10 @@ def compile_check(dev: torch.device) -> dict:
     y = torch.arange(10, device=dev).repeat_interleave(10)
     trained = {}
     for mode in ("off", "on"):
-        group = train_group(spec, 4, x, y, 10, EvalConfig(models=4, epochs=3, compile=mode),
+        group = train_group(spec, 4, x, y, 10, TrainRecipe(models=4, epochs=3, compile=mode),
                             torch.Generator(device=dev).manual_seed(1), ensemble=True)
         trained[mode] = torch.cat([p.detach().flatten() for p in group.parameters()])
-    again = train_group(spec, 4, x, y, 10, EvalConfig(models=4, epochs=3, compile="off"),
+    again = train_group(spec, 4, x, y, 10, TrainRecipe(models=4, epochs=3, compile="off"),
                         torch.Generator(device=dev).manual_seed(1), ensemble=True)
     return {"param_rel_diff": _rel(trained["on"], trained["off"]),
             "noise_floor": _rel(torch.cat([p.detach().flatten() for p in again.parameters()]), trained["off"])}

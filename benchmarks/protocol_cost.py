@@ -26,13 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.evaluate import EvalConfig, can_ensemble, parse_arch, train_group  # noqa: E402
+from distill.evaluate import parse_arch, train_group  # noqa: E402
+from distill.train import TrainRecipe, can_ensemble
 from nas.space import SPACES, candidate_name, candidate_spec, grid  # noqa: E402
 
 
 def per_epoch(spec, n_models, x, y, k, epochs, ensemble, dev) -> float:
     def run(e: int) -> None:
-        cfg = EvalConfig(models=n_models, epochs=e)
+        cfg = TrainRecipe(models=n_models, epochs=e)
         train_group(spec, n_models, x, y, k, cfg, torch.Generator(device=dev).manual_seed(1), ensemble)
 
     run(1)  # warm-up

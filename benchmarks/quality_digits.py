@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill.data import load_dataset  # noqa: E402
 from distill.distiller import DistillConfig, distill, prepare, resolve  # noqa: E402
-from distill.evaluate import EvalConfig, evaluate_set, resolve_eval  # noqa: E402
+from distill.evaluate import evaluate_set, resolve_eval  # noqa: E402
+from distill.train import TrainRecipe
 from distill.report import markdown_table, pct  # noqa: E402
 
 VARIANTS = {
@@ -69,7 +70,7 @@ def main() -> None:
 
     data = load_dataset("digits", resolution=args.resolution)
     prep = prepare(data, device=dev)
-    ecfg = resolve_eval(EvalConfig(models=args.models, epochs=args.epochs), "digits")
+    ecfg = resolve_eval(TrainRecipe(models=args.models, epochs=args.epochs), "digits")
     print(f"digits {args.resolution}x{args.resolution}: {len(data.train_y)} train / {len(data.test_y)} test; "
           f"device {dev} ({platform.machine()}); torch {torch.__version__}; "
           f"{ecfg.models} ConvNets x {ecfg.epochs} epochs per set\n", flush=True)

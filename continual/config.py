@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from distill.errors import UserError
-from distill.evaluate import EvalConfig, resolve_eval
+from distill.evaluate import resolve_eval
+from distill.train import TrainRecipe
 from distill.methods import METHODS
 
 from .benchmark import step_classes
@@ -18,8 +19,8 @@ QUICK = {"digits": {"orders": [0, 1, 2], "models": 1, "epochs": 150, "resolution
 
 
 @dataclass
-class ContinualConfig(EvalConfig):
-    """The CL protocol plus the training recipe of each step's models (the EvalConfig fields)."""
+class ContinualConfig(TrainRecipe):
+    """The CL protocol plus the training recipe of each step's models (the TrainRecipe fields)."""
 
     models: int | None = None  # networks per step and order (DM: 3; digits: 1)
     steps: int = 10  # 5 or 10 on CIFAR-100

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from distill.evaluate import can_ensemble, parse_arch, train_group
+from distill.evaluate import parse_arch
+from distill.train import train_group, use_ensemble
 from distill.synset import SyntheticSet
 from distill.train import derived_seed
 
@@ -66,8 +67,7 @@ def run_memory(
     k = synset.num_classes
     test_x, test_y = test_x.to(dev), test_y.to(dev)
     size = (synset.images.shape[2], synset.images.shape[3])
-    want = cfg.ensemble == "on" or (cfg.ensemble == "auto" and int(cfg.models or 1) > 1 and dev.type == "cuda")
-    ens = want and can_ensemble(spec, synset.images.shape[1], k, size, dev)
+    ens = use_ensemble(replace(cfg, models=int(cfg.models or 1)), spec, synset.images.shape[1], k, size, dev)
     results = dict(done or {})
     memory = SyntheticMemory(synset, cfg.ipc, device=dev)
     for order in cfg.orders or []:

@@ -30,14 +30,13 @@ from . import augment, coreset
 from .config import to_dict
 from .data import ClassIndex, ImageData
 from .errors import UserError, choice_error
-from .evaluate import EvalConfig, train_group
 from .matching import MatchWeights, class_statistics, concat_statistics, statistics_loss
 from .methods import get_method
 from .nets import INITS, NetSpec, has_batch_statistics, init_weights
 from .preprocess import Preprocess
 from .files import atomic_save
 from .synset import SyntheticSet
-from .train import COMPILE_MODES, compiled, embed_all, wants_compile
+from .train import COMPILE_MODES, TrainRecipe, compiled, embed_all, train_group, wants_compile
 
 PRESETS = ("paper", "reference_code")
 # config values that change how the work is done, not its result (up to float rounding):
@@ -188,7 +187,7 @@ def selection_embeddings(prep: Prepared, cfg: DistillConfig, generator: torch.Ge
                          progress: bool = False) -> Tensor:
     """Embeddings of every training image from a ConvNet trained ``embed_epochs`` epochs on the
     real training set (evaluation recipe, no augmentation), for herding and k-center."""
-    recipe = EvalConfig(epochs=cfg.embed_epochs, dsa="none", init=cfg.net.init or "he")
+    recipe = TrainRecipe(epochs=cfg.embed_epochs, dsa="none", init=cfg.net.init or "he")
     group = train_group(cfg.net.spec(), 1, prep.train_x, prep.data.train_y, prep.num_classes, recipe,
                         generator, ensemble=False, progress=progress, desc="embedding ConvNet")
     return embed_all(group.nets[0], prep.train_x)
@@ -437,7 +436,7 @@ def distill(
 def quick_eval(prep: Prepared, images: Tensor, cfg: DistillConfig) -> float:
     """Train one ConvNet on the current images (evaluation recipe) and test it."""
     gen = torch.Generator(device=images.device).manual_seed(cfg.seed + 1)
-    recipe = EvalConfig(epochs=cfg.eval_epochs, dsa=cfg.dsa or "none")
+    recipe = TrainRecipe(epochs=cfg.eval_epochs, dsa=cfg.dsa or "none")
     labels = _labels(prep.num_classes, cfg.ipc, images.device)
     group = train_group(cfg.net.spec(), 1, images, labels, prep.num_classes, recipe, gen, ensemble=False)
     return group.accuracies(prep.test_x, prep.data.test_y)[0]

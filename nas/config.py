@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from distill import augment
 from distill.errors import UserError
-from distill.evaluate import EvalConfig
+from distill.train import TrainRecipe
 
 from .space import get_space
 
@@ -32,12 +32,13 @@ class NASConfig:
     early_stopping: bool = True  # also run the whole set for as many steps as the proxy training
     val_fraction: float = 0.1  # held out of the real training set, per class, for ranking
     val_seed: int = 0
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch: int = 256
-    dsa: str = augment.DEFAULT_STRATEGY
-    init: str = "he"
+    # the training recipe's values (distill.train.TrainRecipe, whose defaults these are)
+    lr: float = TrainRecipe.lr
+    momentum: float = TrainRecipe.momentum
+    weight_decay: float = TrainRecipe.weight_decay
+    batch: int = TrainRecipe.batch
+    dsa: str = TrainRecipe.dsa
+    init: str = TrainRecipe.init
     seed: int = 0  # candidate initialisation (the same candidate starts alike in every condition)
     top_k: list[int] = field(default_factory=lambda: [5, 10, 20, 30])
     workers: int = 1  # local worker processes sharing each study
@@ -59,8 +60,8 @@ def resolve_nas(cfg: NASConfig, dataset: str) -> NASConfig:
     return cfg
 
 
-def recipe(cfg: NASConfig, epochs: int) -> EvalConfig:
-    """The candidate-training recipe as the evaluation code's config (one model)."""
-    return EvalConfig(models=1, epochs=epochs, lr=cfg.lr, momentum=cfg.momentum,
+def recipe(cfg: NASConfig, epochs: int) -> TrainRecipe:
+    """The candidate-training recipe (one model, trained on its own)."""
+    return TrainRecipe(models=1, epochs=epochs, lr=cfg.lr, momentum=cfg.momentum,
                       weight_decay=cfg.weight_decay, batch=cfg.batch, dsa=cfg.dsa, init=cfg.init,
                       ensemble="off", seed=cfg.seed)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.evaluate import steps_per_epoch, train_group
+from distill.train import steps_per_epoch, train_group
 from distill.train import derived_seed
 
 from .config import NASConfig, recipe

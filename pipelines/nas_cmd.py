@@ -23,7 +23,8 @@ from distill.config import to_dict
 from distill.data import ImageData
 from distill.distiller import DistillConfig, prepare
 from distill.errors import UserError
-from distill.evaluate import eval_inputs, steps_per_epoch
+from distill.evaluate import eval_inputs
+from distill.train import steps_per_epoch
 from distill.files import atomic_text
 from distill.report import publish
 from distill.synset import SyntheticSet, library_versions

@@ -26,7 +26,8 @@ from distill.config import to_dict
 from distill.data import DATASETS
 from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
 from distill.errors import UserError
-from distill.evaluate import ALL_ARCHS, EvalConfig, evaluate_set, resolve_eval, eval_inputs
+from distill.evaluate import ALL_ARCHS, evaluate_set, resolve_eval, eval_inputs
+from distill.train import TrainRecipe
 from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
@@ -115,7 +116,7 @@ class EvaluateJob:
     """``run.py evaluate``: which real test set, and how to train the networks."""
 
     dataset: DataConfig = field(default_factory=DataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: TrainRecipe = field(default_factory=TrainRecipe)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

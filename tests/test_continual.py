@@ -15,7 +15,8 @@ from continual.protocol import CellResult, benchmarks_for, cell_seed, run_memory
 from distill.data import load_dataset
 from distill.distiller import DistillConfig, prepare, resolve, select
 from distill.errors import UserError
-from distill.evaluate import parse_arch, train_group
+from distill.evaluate import parse_arch
+from distill.train import TrainRecipe, train_group
 from pipelines.run import main
 
 
@@ -173,7 +174,7 @@ def test_avalanche_gdumb_and_replay_plugins_use_the_memory(digits8, memory_set):
         def before_training_epoch(self, strategy, **kwargs):
             trained_on.append(sorted(int(t) for t in strategy.adapted_dataset.targets))
 
-    strategy = gdumb_strategy(model, memory_set, ipc=4, epochs=1, batch=16, plugins=[Spy()])
+    strategy = gdumb_strategy(model, memory_set, ipc=4, recipe=TrainRecipe(epochs=1, batch=16), plugins=[Spy()])
     for exp in list(bm.train_stream)[:2]:
         strategy.train(exp)
         seen = sorted(exp.classes_seen_so_far)

@@ -7,8 +7,8 @@ import torch
 
 from distill.data import load_dataset
 from distill.errors import UserError
-from distill.evaluate import (ALL_ARCHS, EvalConfig, can_ensemble, evaluate_set, expand_archs, parse_arch,
-                              resolve_eval, eval_inputs, train_group)
+from distill.evaluate import ALL_ARCHS, eval_inputs, evaluate_set, expand_archs, parse_arch, resolve_eval
+from distill.train import TrainRecipe, can_ensemble, train_group
 from distill.preprocess import Preprocess
 from distill.synset import SyntheticSet
 from distill.train import lr_at
@@ -36,7 +36,7 @@ def test_lr_schedule_steps_at_half():
     orig = torch.optim.SGD
     torch.optim.SGD = Spy
     try:
-        train_group(parse_arch("convnet"), 1, x, y, 2, EvalConfig(epochs=4, batch=4, dsa="none"),
+        train_group(parse_arch("convnet"), 1, x, y, 2, TrainRecipe(epochs=4, batch=4, dsa="none"),
                     torch.Generator().manual_seed(0), ensemble=False)
     finally:
         torch.optim.SGD = orig
@@ -54,7 +54,7 @@ def test_test_set_goes_through_the_sets_own_preprocessing(digits, digits_prep):
 @pytest.mark.parametrize("arch", ["convnet", "convnet-layernorm"])
 def test_ensembled_equals_sequential(digits_prep, arch):
     s = _set(digits_prep)
-    cfg = EvalConfig(models=3, epochs=3, batch=16)
+    cfg = TrainRecipe(models=3, epochs=3, batch=16)
     spec = parse_arch(arch)
     a = train_group(spec, 3, s.images, s.labels, 10, cfg, torch.Generator().manual_seed(0), ensemble=True)
     b = train_group(spec, 3, s.images, s.labels, 10, cfg, torch.Generator().manual_seed(0), ensemble=False)
@@ -75,7 +75,7 @@ def test_batchnorm_is_not_ensembled():
 def test_evaluate_set_learns(digits_prep):
     s = _set(digits_prep, ipc=5)
     res = evaluate_set(s, digits_prep.test_x, digits_prep.data.test_y,
-                       resolve_eval(EvalConfig(models=2, epochs=60, archs=["convnet", "convnet-batchnorm"]), "digits"))
+                       resolve_eval(TrainRecipe(models=2, epochs=60, archs=["convnet", "convnet-batchnorm"]), "digits"))
     assert [r.arch for r in res] == ["convnet", "convnet-batchnorm"]
     for r in res:
         assert len(r.accuracies) == 2 and r.mean > 0.5  # chance is 0.1
@@ -89,8 +89,8 @@ def test_arch_parsing():
     with pytest.raises(UserError, match="unknown norm"):
         parse_arch("convnet-foo")
     with pytest.raises(UserError, match="unknown ensemble"):
-        resolve_eval(EvalConfig(ensemble="maybe"))
-    assert resolve_eval(EvalConfig(), "digits").epochs == 300 and resolve_eval(EvalConfig()).epochs == 1000
+        resolve_eval(TrainRecipe(ensemble="maybe"))
+    assert resolve_eval(TrainRecipe(), "digits").epochs == 300 and resolve_eval(TrainRecipe()).epochs == 1000
 
 
 def test_set_that_does_not_fit_the_dataset(digits, digits_prep):
