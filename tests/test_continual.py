@@ -201,6 +201,7 @@ def test_cli_continual_digits_end_to_end_and_cached(tmp_path, memory_set, capsys
     assert [r["memory"] for r in rows] == ["random", "rand4"]
     assert all(len(r["cells"]) == 10 and len(r["steps"]) == 5 for r in rows)
     cells = sorted((tmp_path / "cache" / "continual").glob("*/cells.json"))
+    assert len(cells) == 2 and not list((tmp_path / "cache" / "continual").glob("*/cells.partial.json"))
     stamps = [c.stat().st_mtime_ns for c in cells]
     capsys.readouterr()
     assert main(argv) == 0  # the second run reuses the memory and every cell
@@ -228,3 +229,34 @@ def test_cli_continual_rejects_a_memory_from_another_dataset(tmp_path, memory_se
     code = main(["continual", "--dataset", "digits", "--ipc", "4", "--memories", str(tmp_path / "other.pt"),
                  "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 2 and "made from 'cifar10'" in capsys.readouterr().err
+
+
+def test_cli_list_shows_an_interrupted_continual_run_as_partial(tmp_path, memory_set, capsys, monkeypatch):
+    """Interrupted after its first cell, a continual artifact is listed as partial; the rerun
+    finishes it (complete), keeping the finished cell."""
+    import continual.protocol as protocol
+    from pipelines.artifacts import list_artifacts
+
+    memory_set.save(tmp_path / "rand4.pt")
+    argv = ["continual", "--dataset", "digits", "--steps", "2", "--ipc", "4", "--orders", "0", "--epochs", "1",
+            "--memories", str(tmp_path / "rand4.pt"), "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run"), "--quiet"]
+    real = protocol.train_group
+    calls = []
+
+    def interrupt_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(protocol, "train_group", interrupt_second)
+    assert main(argv) == 130
+    rows = [r for r in list_artifacts(tmp_path / "cache") if r["stage"] == "continual"]
+    assert [r["status"] for r in rows] == ["partial"]
+    monkeypatch.setattr(protocol, "train_group", real)
+    assert main(argv) == 0
+    rows = [r for r in list_artifacts(tmp_path / "cache") if r["stage"] == "continual"]
+    assert [r["status"] for r in rows] == ["complete"]
+    cells = json.loads(next((tmp_path / "cache" / "continual").glob("*/cells.json")).read_text())
+    assert sorted(cells) == ["0/0", "0/1"]
