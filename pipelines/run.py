@@ -33,6 +33,7 @@ from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
 from pipelines import continual_cmd, nas_cmd, scaleout
 from pipelines.artifacts import list_artifacts
+from pipelines.buffers import BufferMaker
 from pipelines.registry import BUFFERS_FILE, lookup, registry
 from pipelines.common import DataConfig, Tee, build_config, pick_device, run_dir, write_run_record, write_yaml
 
@@ -79,6 +80,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print(f"distilling {data.name} ({data.num_classes} classes, {len(data.train_y)} train images) "
               f"with {cfg.method}, ipc {cfg.ipc}, on {device}"
               f"{f' x {d.world} processes (class shards)' if d.active else ''} -> {out}")
+    if named is not None and not d.active:
+        # a named buffer is a cached artifact: made once per resolved config, reused after
+        # (the same cache that continual and nas use); --out receives a copy
+        maker = BufferMaker(job.dataset, data, device, args.cache, args.force, progress=not args.quiet)
+        synset, cached, reused = maker.get(cfg)
+        path, grid = synset.save(out / "synset.pt"), synset.save_grid(out / "grid.png")
+        print(f"\n{cfg.method} ipc {cfg.ipc} on {data.name}: {len(synset.labels)} images "
+              f"{tuple(synset.image_shape)}, " + (f"reused from the cache ({cached})" if reused else
+                                                   f"made in {synset.meta.get('seconds', 0):.1f} s, cached at {cached}"))
+        print(f"  synthetic set: {path}\n  image grid:    {grid}\n  config:        {out / 'config.yaml'}")
+        return 0
     shard = None
     if d.active and get_method(cfg.method).kind != "select":
         scaleout.start(d, device)
@@ -222,7 +234,9 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--ipc", type=int, help="images per class (default 10)")
     d.add_argument("--iterations", type=int, help="optimisation steps (default 8000; digits 300)")
     d.add_argument("--seed", type=int, help="random seed (default 0)")
-    d.add_argument("--force", action="store_true", help="ignore an existing checkpoint in --out")
+    d.add_argument("--force", action="store_true", help="ignore an existing checkpoint in --out (with --buffer: "
+                                                        "recompute the cached buffer)")
+    d.add_argument("--cache", default="artifacts", help="artifact cache for --buffer sets (default: artifacts)")
     _common(d)
     d.set_defaults(func=cmd_distill)
 

@@ -96,7 +96,8 @@ def test_named_buffers_resolve():
 
 def test_distill_by_buffer_name_and_run_record(tmp_path):
     out = tmp_path / "r"
-    assert main(["distill", "--buffer", "random_ipc10_digits", "--out", str(out), "--quiet"]) == 0
+    argv = ["distill", "--buffer", "random_ipc10_digits", "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
     from distill.synset import SyntheticSet
 
     s = SyntheticSet.load(out / "synset.pt")
@@ -106,6 +107,15 @@ def test_distill_by_buffer_name_and_run_record(tmp_path):
     assert "synthetic set:" in (out / "run.log").read_text()
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["distill"]["seed"] == 0 and cfg["device"] == "cpu" and "torch" in cfg["versions"]
+    # the set is a cached artifact: a second run (another --out) reuses it, making nothing
+    cached = list((tmp_path / "cache" / "buffers").glob("*/synset.pt"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert main([*argv, "--out", str(tmp_path / "r2")]) == 0
+    assert "reused from the cache" in (tmp_path / "r2" / "run.log").read_text()
+    assert cached[0].stat().st_mtime_ns == stamp
+    again = SyntheticSet.load(tmp_path / "r2" / "synset.pt")
+    assert torch.equal(again.images, s.images) and again.labels.tolist() == s.labels.tolist()
 
 
 @pytest.mark.parametrize("text, line, message", [
