@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.evaluate import parse_arch, train_group  # noqa: E402
-from distill.train import TrainRecipe
+from distill.evaluate import parse_arch  # noqa: E402
+from distill.train import TrainRecipe, train_group  # noqa: E402
 
 
 def timed(fn, dev: torch.device) -> float:

@@ -58,8 +58,8 @@ from distill import augment  # noqa: E402
 from distill.data import ClassIndex  # noqa: E402
 from distill.distiller import (DistillConfig, _matching_net, loss_and_grad, match_weights,  # noqa: E402
                                matching_net, resolve)
-from distill.evaluate import parse_arch, train_group  # noqa: E402
-from distill.train import ModelGroup, TrainRecipe, stacked_forward
+from distill.evaluate import parse_arch  # noqa: E402
+from distill.train import ModelGroup, TrainRecipe, stacked_call, stacked_forward, train_group  # noqa: E402
 from distill.fixtures import accept_fabricated_cifar, write_cifar  # noqa: E402
 from distill.nets import init_weights  # noqa: E402
 
@@ -350,7 +350,7 @@ def train_step_variants(dev: torch.device, smoke: bool, models: int) -> list[dic
     def compiled(ens: bool):
         group, opts = _make_group(dev, models, ens)
         if ens:
-            fwd = torch.compile(lambda p, b, x: torch.vmap(group._call)(p, b, x))
+            fwd = torch.compile(stacked_call(group.base))
         else:
             base = group.nets[0]
             f = torch.compile(lambda p, b, x: functional_call(base, (p, b), (x,)))

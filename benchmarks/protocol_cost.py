@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.evaluate import parse_arch, train_group  # noqa: E402
-from distill.train import TrainRecipe, can_ensemble
+from distill.evaluate import parse_arch  # noqa: E402
+from distill.train import TrainRecipe, can_ensemble, train_group  # noqa: E402
 from nas.space import SPACES, candidate_name, candidate_spec, grid  # noqa: E402
 
 

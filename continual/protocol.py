@@ -22,9 +22,8 @@ import torch
 from torch import Tensor
 
 from distill.evaluate import parse_arch
-from distill.train import train_group, use_ensemble
 from distill.synset import SyntheticSet
-from distill.train import derived_seed
+from distill.train import derived_seed, train_group, use_ensemble
 
 from .benchmark import dm_class_order, make_benchmark
 from .config import ContinualConfig

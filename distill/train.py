@@ -152,15 +152,10 @@ class ModelGroup:
     def parameters(self) -> list[Tensor]:
         return list(self.params.values())
 
-    def _call(self, p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-        from torch.func import functional_call
-
-        return functional_call(self.base, (p, b), (x,))
-
     def forward_each(self, x: Tensor) -> Tensor:
         """``x`` ``[M, B, C, H, W]`` (model m gets ``x[m]``) -> logits ``[M, B, K]``."""
         if self.ensemble:
-            return torch.vmap(self._call, in_dims=(0, 0, 0))(self.params, self.buffers, x)
+            return stacked_call(self.base)(self.params, self.buffers, x)
         return torch.stack([net(x[m]) for m, net in enumerate(self.nets)])
 
     @torch.no_grad()
@@ -169,7 +164,7 @@ class ModelGroup:
         outs = []
         if self.ensemble:
             self.base.eval()
-            run = torch.vmap(self._call, in_dims=(0, 0, None))
+            run = stacked_call(self.base, x_dim=None)  # every model sees the same images
             for i in range(0, len(x), batch):
                 outs.append(run(self.params, self.buffers, x[i : i + batch]).argmax(-1))
         else:
@@ -183,6 +178,23 @@ class ModelGroup:
         return (self.predict(x) == y.unsqueeze(0)).float().mean(dim=1).tolist()
 
 
+def stacked_call(base: nn.Module, x_dim: int | None = 0) -> Callable[[dict, dict, Tensor], Tensor]:
+    """``(stacked params, stacked buffers, x) -> logits [M, B, K]``: one ``vmap`` of
+    ``functional_call`` on ``base`` (a parameter-free template, e.g. on the meta device) runs
+    all M models at once. ``x_dim=0``: ``x`` is ``[M, B, ...]``, model m gets ``x[m]``;
+    ``None``: every model gets the same ``x`` ``[B, ...]``. ``vmap`` is applied inside the
+    returned function, so compiling it traces the whole stacked forward."""
+    from torch.func import functional_call
+
+    def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    def run(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return torch.vmap(one, in_dims=(0, 0, x_dim))(p, b, x)
+
+    return run
+
+
 @functools.lru_cache(maxsize=32)
 def stacked_forward(spec: NetSpec, in_channels: int, num_classes: int, size: tuple[int, int],
                     compile_it: bool) -> Callable[[dict, dict, Tensor], Tensor]:
@@ -194,15 +206,9 @@ def stacked_forward(spec: NetSpec, in_channels: int, num_classes: int, size: tup
     Made once per architecture and shape in a process: compilation guards on the module object,
     so a new function per training run would recompile every time (and, past the compiler's
     recompile limit, silently run eagerly)."""
-    from torch.func import functional_call
-
     base = spec.build(in_channels, num_classes, size).to("meta")
     base.train()
-
-    def one(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, (p, b), (x,))
-
-    return compiled(lambda p, b, xs: torch.vmap(one, in_dims=(0, 0, 0))(p, b, xs), compile_it)
+    return compiled(stacked_call(base), compile_it)
 
 
 def use_ensemble(cfg: TrainRecipe, spec: NetSpec, in_channels: int, num_classes: int,
