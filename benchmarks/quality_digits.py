@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.data import load_dataset  # noqa: E402
+from distill.datasets import load_dataset  # noqa: E402
 from distill.distiller import DistillConfig, distill, prepare, resolve  # noqa: E402
 from distill.evaluate import evaluate_set, resolve_eval  # noqa: E402
 from distill.train import TrainRecipe

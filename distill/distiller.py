@@ -29,8 +29,9 @@ from torch import Tensor
 from . import augment, coreset
 from .config import to_dict
 from .data import ClassIndex, ImageData
+from .datasets import quick_defaults
 from .errors import UserError, choice_error
-from .matching import MatchWeights, class_statistics, concat_statistics, statistics_loss
+from .matching import ATTENTION_MAPS, MatchWeights, class_statistics, concat_statistics, statistics_loss
 from .methods import get_method
 from .nets import INITS, NetSpec, has_batch_statistics, init_weights
 from .preprocess import Preprocess
@@ -38,7 +39,20 @@ from .files import atomic_save
 from .synset import SyntheticSet
 from .train import COMPILE_MODES, TrainRecipe, compiled, embed_all, train_group, wants_compile
 
-PRESETS = ("paper", "reference_code")
+# Every preset's value for the fields left None (docs/protocols.md section 2): the papers'
+# choices, and those of the public DataDAM code. ``net.*`` keys fill the NetConfig.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"iterations": 8000, "batch_real": 128, "p_spatial": 4.0, "p_channel": 4.0,
+              "loss_scale": 1.0, "net.norm": "instancenorm", "net.init": "he"},
+    "reference_code": {"iterations": 20000, "batch_real": 64, "p_spatial": 1.0, "p_channel": 1.0,
+                       "loss_scale": 100.0, "net.norm": "batchnorm", "net.init": "default"},
+}
+
+
+def size_defaults(ipc: int, image_size: int) -> dict[str, float]:
+    """Defaults that follow the task, in every preset: the image learning rate (1 for IPC <= 50,
+    10 above) and lambda (0.01 up to 32 px, 0.02 above)."""
+    return {"lr_img": 1.0 if ipc <= 50 else 10.0, "lam": 0.01 if image_size <= 32 else 0.02}
 # config values that change how the work is done, not its result (up to float rounding):
 # reporting, checkpoint cadence, forward-pass chunking, compilation. The artifact cache key and
 # the resume check both ignore them.
@@ -69,7 +83,7 @@ class DistillConfig:
 
     method: str = "atom"
     ipc: int = 10
-    preset: str = "paper"  # paper | reference_code (the public DataDAM code's choices)
+    preset: str = "paper"  # paper | reference_code (the public DataDAM code's choices): PRESETS
     iterations: int | None = None  # None: 8000 (papers), 20000 (reference_code)
     lr_img: float | None = None  # None: 1.0 for IPC <= 50, 10.0 above
     momentum: float = 0.5
@@ -92,14 +106,10 @@ class DistillConfig:
     eval_epochs: int = 300
 
 
-# Offline digits runs should finish in minutes on a CPU: fewer, smaller iterations.
-QUICK_DEFAULTS = {"digits": {"iterations": 300, "batch_real": 64}}
-
-
 def resolve(cfg: DistillConfig, image_size: int, dataset: str | None = None) -> DistillConfig:
-    """Fill every ``None`` with the preset's value (and, for ``digits``, the quick CPU
-    defaults of ``QUICK_DEFAULTS``); validate names and ranges."""
-    quick = QUICK_DEFAULTS.get(dataset or "", {})
+    """Fill every ``None`` with the dataset's quick defaults (``distill.datasets``; digits) and
+    then the preset's value; validate names and ranges."""
+    quick = quick_defaults(dataset, "distill")
     cfg = replace(cfg, **{k: v for k, v in quick.items() if getattr(cfg, k) is None})
     method = get_method(cfg.method)
     if cfg.preset not in PRESETS:
@@ -109,26 +119,14 @@ def resolve(cfg: DistillConfig, image_size: int, dataset: str | None = None) -> 
     if cfg.ipc < 1:
         raise UserError(f"ipc must be at least 1, got {cfg.ipc}")
     augment.parse_strategy(cfg.dsa)
-    ref = cfg.preset == "reference_code"
-    net = replace(cfg.net,
-                  norm=cfg.net.norm or ("batchnorm" if ref else "instancenorm"),
-                  init=cfg.net.init or ("default" if ref else "he"))
+    defaults = {**PRESETS[cfg.preset], **size_defaults(cfg.ipc, image_size)}
+    net = replace(cfg.net, **{k: defaults[f"net.{k}"] for k in ("norm", "init") if getattr(cfg.net, k) is None})
     if net.init not in INITS:
         raise choice_error("net.init", net.init, INITS)
     if cfg.compile not in COMPILE_MODES:
         raise choice_error("compile", cfg.compile, COMPILE_MODES)
-    out = replace(
-        cfg,
-        method=method.name,
-        net=net,
-        iterations=cfg.iterations if cfg.iterations is not None else (20000 if ref else 8000),
-        lr_img=cfg.lr_img if cfg.lr_img is not None else (1.0 if cfg.ipc <= 50 else 10.0),
-        batch_real=cfg.batch_real if cfg.batch_real is not None else (64 if ref else 128),
-        p_spatial=cfg.p_spatial if cfg.p_spatial is not None else (1.0 if ref else 4.0),
-        p_channel=cfg.p_channel if cfg.p_channel is not None else (1.0 if ref else 4.0),
-        lam=cfg.lam if cfg.lam is not None else (0.01 if image_size <= 32 else 0.02),
-        loss_scale=cfg.loss_scale if cfg.loss_scale is not None else (100.0 if ref else 1.0),
-    )
+    out = replace(cfg, method=method.name, net=net,
+                  **{k: v for k, v in defaults.items() if "." not in k and getattr(cfg, k) is None})
     if out.iterations < 0 or out.batch_real < 1:
         raise UserError("iterations must be >= 0 and batch_real >= 1")
     return out
@@ -143,9 +141,8 @@ def match_weights(cfg: DistillConfig, depth: int) -> MatchWeights:
         if bad:
             raise UserError(f"layers {bad} out of range: the network has blocks 1..{depth}")
         layers = tuple(l - 1 for l in cfg.layers)
-    return MatchWeights(spatial=m.spatial, channel=m.channel,
+    return MatchWeights(maps=tuple((name, getattr(cfg, ATTENTION_MAPS[name].power)) for name in m.maps),
                         last_weight=(cfg.lam if m.attention_weighted_last else 1.0) if m.last else 0.0,
-                        p_spatial=cfg.p_spatial, p_channel=cfg.p_channel,
                         scale=cfg.loss_scale, layers=layers)
 
 
@@ -170,8 +167,7 @@ def prepare(data: ImageData, zca: bool | None = None, device: str | torch.device
     """Move ``data`` to ``device``, fit the preprocessing (ZCA on the whole training set if
     enabled; ``None``: the dataset's default) and map both splits to network-input space."""
     data = data.to(device)
-    use_zca = data.zca_default if zca is None else zca
-    pre = Preprocess.fit(data.train_x, data.mean, data.std, zca=use_zca)
+    pre = Preprocess.fit(data.train_x, data.mean, data.std, zca=data.whitened(zca))
     return Prepared(data=data, preprocess=pre, train_x=pre(data.train_x), test_x=pre(data.test_x))
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .data import ImageData
+from .datasets import quick_defaults
 from .errors import UserError, choice_error
 from .nets import ARCHS, NORMS, NetSpec
 from .synset import SyntheticSet
@@ -26,7 +27,6 @@ from .train import TrainRecipe, check_recipe, train_group, use_ensemble
 # "all": the papers' cross-architecture set, each with its norm variants
 ALL_ARCHS = ("convnet", "convnet-batchnorm", "alexnet", "alexnet-batchnorm", "vgg11",
              "vgg11-batchnorm", "resnet18", "resnet18-batchnorm", "vit")
-QUICK_EPOCHS = {"digits": 300}
 
 
 def parse_arch(token: str) -> NetSpec:
@@ -90,10 +90,10 @@ class ArchResult:
 
 
 def resolve_eval(cfg: TrainRecipe, dataset: str | None = None) -> TrainRecipe:
-    """Validate the recipe, fill ``epochs`` (1000; ``QUICK_EPOCHS`` for small datasets) and
+    """Validate the recipe, fill ``epochs`` (1000; the dataset's quick default, ``distill.datasets``) and
     expand ``archs`` (``all``)."""
     check_recipe(cfg)
-    epochs = cfg.epochs if cfg.epochs is not None else QUICK_EPOCHS.get(dataset or "", 1000)
+    epochs = cfg.epochs if cfg.epochs is not None else quick_defaults(dataset, "eval").get("epochs", 1000)
     return replace(cfg, epochs=epochs, archs=expand_archs(cfg.archs))
 
 

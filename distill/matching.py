@@ -5,6 +5,8 @@ Notation: ``f`` a feature map ``[B, C, H, W]`` of one block (post-activation, pr
 
 - Spatial attention (DataDAM Eq. 2): ``A_s(f) = sum_c |f_c|^p_s``, flattened to ``[B, H*W]``.
 - Channel attention (ATOM Eq. 3): ``A_c(f) = sum_{h,w} |f_{:,h,w}|^p_c``, ``[B, C]``.
+- Both are reductions of ``|f|^p``; ``ATTENTION_MAPS`` registers them by name, and a method
+  (``distill.methods``) lists the maps it matches. A new map is one ``register_attention_map``.
 - Each attention vector is L2-normalised per sample: ``z = A / ||A||_2``.
 - Attention matching (DataDAM Eq. 3, ATOM Eq. 4): per class and layer,
   ``|| mean_real(z) - mean_syn(z) ||^2``, summed over classes and layers ``1..L-1``.
@@ -15,6 +17,7 @@ Notation: ``f`` a feature map ``[B, C, H, W]`` of one block (post-activation, pr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,14 +37,38 @@ def abs_pow(f: Tensor, p: float) -> Tensor:
     return f.abs().pow(p)
 
 
-def spatial_attention(f: Tensor, p: float, powered: Tensor | None = None) -> Tensor:
-    """``[B, C, H, W] -> [B, H*W]``: ``sum_c |f_c|^p`` (``powered``: ``|f|^p`` if already known)."""
-    return (abs_pow(f, p) if powered is None else powered).sum(dim=1).flatten(1)
+@dataclass(frozen=True)
+class AttentionMap:
+    """An attention map: ``reduce(|f|^p) -> [B, D]`` for one block's features ``[B, C, H, W]``;
+    ``power`` names the DistillConfig field that holds its exponent ``p``."""
+
+    name: str
+    reduce: Callable[[Tensor], Tensor]
+    power: str
 
 
-def channel_attention(f: Tensor, p: float, powered: Tensor | None = None) -> Tensor:
-    """``[B, C, H, W] -> [B, C]``: ``sum_{h,w} |f|^p`` (``powered``: ``|f|^p`` if already known)."""
-    return (abs_pow(f, p) if powered is None else powered).sum(dim=(2, 3))
+ATTENTION_MAPS: dict[str, AttentionMap] = {}
+
+
+def register_attention_map(m: AttentionMap) -> AttentionMap:
+    if m.name in ATTENTION_MAPS or m.name == "last":
+        raise ValueError(f"attention map {m.name!r} registered twice (or named like the last-layer term)")
+    ATTENTION_MAPS[m.name] = m
+    return m
+
+
+SPATIAL = register_attention_map(AttentionMap("spatial", lambda powered: powered.sum(dim=1).flatten(1), "p_spatial"))
+CHANNEL = register_attention_map(AttentionMap("channel", lambda powered: powered.sum(dim=(2, 3)), "p_channel"))
+
+
+def spatial_attention(f: Tensor, p: float) -> Tensor:
+    """``[B, C, H, W] -> [B, H*W]``: ``sum_c |f_c|^p``."""
+    return SPATIAL.reduce(abs_pow(f, p))
+
+
+def channel_attention(f: Tensor, p: float) -> Tensor:
+    """``[B, C, H, W] -> [B, C]``: ``sum_{h,w} |f|^p``."""
+    return CHANNEL.reduce(abs_pow(f, p))
 
 
 def l2_normalize(z: Tensor, eps: float = 1e-12) -> Tensor:
@@ -58,39 +85,29 @@ def class_means(z: Tensor, num_classes: int) -> Tensor:
 class MatchWeights:
     """Which terms a method uses and how they are weighted."""
 
-    spatial: bool = True
-    channel: bool = False
+    maps: tuple[tuple[str, float], ...] = (("spatial", 4.0),)  # attention maps (by name) and exponents p
     last_weight: float = 0.01  # lambda (1.0 for DM, whose loss is the last-layer term alone)
-    p_spatial: float = 4.0
-    p_channel: float = 4.0
     scale: float = 1.0  # the DataDAM code multiplies every term by 100
     layers: tuple[int, ...] | None = None  # 0-based block indices; None: all but the last
 
 
 def class_statistics(feats: list[Tensor], emb: Tensor, num_classes: int,
                      w: MatchWeights) -> dict[str, list[Tensor]]:
-    """Per-class means the loss compares: ``{"spatial": [K x HW per layer], "channel": [K x C
-    per layer], "last": [K x D]}``, for the terms ``w`` enables.
+    """Per-class means the loss compares: one list per attention map of ``w`` (``"spatial"``:
+    ``K x HW`` per layer, ``"channel"``: ``K x C`` per layer, ...), then ``"last"``: ``[K x D]``.
 
     Only class means enter the loss, so the real side can be computed in class chunks (and
     without keeping feature maps) and concatenated along K.
     """
     layers = w.layers if w.layers is not None else tuple(range(len(feats) - 1))
     k = num_classes
-    shared = w.spatial and w.channel and w.p_spatial == w.p_channel
-    out: dict[str, list[Tensor]] = {}
-    if w.spatial:
-        out["spatial"] = []
-    if w.channel:
-        out["channel"] = []
+    out: dict[str, list[Tensor]] = {name: [] for name, _ in w.maps}
     for i in layers:
-        f = feats[i]
-        # ATOM with p_s == p_c: one |f|^p per layer serves both attention maps.
-        powered = abs_pow(f, w.p_spatial) if shared else None
-        if w.spatial:
-            out["spatial"].append(class_means(l2_normalize(spatial_attention(f, w.p_spatial, powered)), k))
-        if w.channel:
-            out["channel"].append(class_means(l2_normalize(channel_attention(f, w.p_channel, powered)), k))
+        powered: dict[float, Tensor] = {}  # ATOM with p_s == p_c: one |f|^p serves both maps
+        for name, p in w.maps:
+            if p not in powered:
+                powered[p] = abs_pow(feats[i], p)
+            out[name].append(class_means(l2_normalize(ATTENTION_MAPS[name].reduce(powered[p])), k))
     if w.last_weight:
         out["last"] = [class_means(emb, k)]
     return out
@@ -125,7 +142,7 @@ def matching_loss(
 
     Returns ``(loss, parts)`` with ``parts[name]`` of shape ``[K]`` for ``spatial``,
     ``channel`` and ``last`` (unweighted, summed over layers), so
-    ``loss == scale * (spatial + channel + last_weight * last).sum()``.
+    ``loss == scale * (sum of the maps' parts + last_weight * last).sum()``.
     """
     return statistics_loss(class_statistics(feats_real, emb_real, num_classes, w),
                            class_statistics(feats_syn, emb_syn, num_classes, w), w)

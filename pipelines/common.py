@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from distill.config import apply_override, from_dict, load_yaml, locate
-from distill.data import FIXED_RESOLUTION, ImageData, load_dataset
+from distill.data import ImageData
+from distill.datasets import get_dataset, load_dataset
 from distill.errors import ConfigError, UserError
 from distill.files import atomic_text
 
@@ -33,14 +34,14 @@ class DataConfig:
     def load(self, resolution: int | None = None) -> ImageData:
         """The dataset, at ``self.resolution`` (else ``resolution``, else its default)."""
         res = self.resolution
-        if res is None and self.name not in FIXED_RESOLUTION:
+        if res is None and get_dataset(self.name).resizable:
             res = resolution
         return load_dataset(self.name, self.root, res, self.download)
 
     def identity(self, data: ImageData) -> dict[str, Any]:
         """What a result computed from this data depends on (not where the files live)."""
         return {"name": data.name, "image_size": list(data.image_size),
-                "zca": bool(data.zca_default if self.zca is None else self.zca)}
+                "zca": data.whitened(self.zca)}
 
 
 def pick_device(name: str | None) -> torch.device:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from continual.config import QUICK, ContinualConfig, resolve_continual
+from continual.config import ContinualConfig, resolve_continual
 from distill.config import to_dict
+from distill.datasets import quick_defaults
 from distill.distiller import DistillConfig
 from distill.files import atomic_text
 from distill.methods import METHODS, get_method
@@ -60,8 +61,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
         "continual.memories": args.memories.split(",") if args.memories else None,
     })
     device = pick_device(args.device)
-    quick = QUICK.get(job.dataset.name, {})
-    data = job.dataset.load(quick.get("resolution"))
+    data = job.dataset.load(quick_defaults(job.dataset.name, "continual").get("resolution"))
     cfg = resolve_continual(job.continual, data.name, data.num_classes)
     specs = [m.strip() for m in cfg.memories or [] if m.strip()]
     files = [s for s in specs if is_path(s)]

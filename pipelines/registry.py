@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import from_dict, load_yaml, locate, to_dict
-from distill.data import DATASETS
+from distill.datasets import DATASETS
 from distill.distiller import DistillConfig
 from distill.errors import ConfigError, UserError
 from distill.methods import get_method

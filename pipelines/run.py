@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover
 import torch
 
 from distill.config import to_dict
-from distill.data import DATASETS
+from distill.datasets import DATASETS
 from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, evaluate_set, resolve_eval, eval_inputs

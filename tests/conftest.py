@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.data import load_dataset
+from distill.datasets import load_dataset
 from distill.distiller import prepare
 
 

@@ -12,7 +12,7 @@ from continual.benchmark import dm_class_order, make_benchmark, step_classes
 from continual.config import ContinualConfig, resolve_continual
 from continual.memory import SyntheticMemory, check_memory, export_buffers, memory_for
 from continual.protocol import CellResult, benchmarks_for, cell_seed, run_memory, step_stats
-from distill.data import load_dataset
+from distill.datasets import load_dataset
 from distill.distiller import DistillConfig, prepare, resolve, select
 from distill.errors import UserError
 from distill.evaluate import parse_arch

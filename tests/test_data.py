@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.data import ClassIndex, load_dataset
+from distill.data import ClassIndex
+from distill.datasets import load_dataset
 from distill.errors import UserError
 from distill.fixtures import accept_fabricated_cifar, write_cifar
 

@@ -97,7 +97,9 @@ def test_presets_and_defaults():
             ref.batch_real, ref.lr_img) == (1.0, 0.02, 100.0, "batchnorm", "default", 20000, 64, 10.0)
     assert resolve(DistillConfig(), 16, "digits").iterations == 300
     dm = match_weights(resolve(DistillConfig(method="dm"), 32), 3)
-    assert (dm.spatial, dm.channel, dm.last_weight) == (False, False, 1.0)
+    assert (dm.maps, dm.last_weight) == ((), 1.0)
+    atom = match_weights(resolve(DistillConfig(method="atom", p_channel=2.0), 32), 3)
+    assert (atom.maps, atom.last_weight) == ((("spatial", 4.0), ("channel", 2.0)), 0.01)
     with pytest.raises(UserError, match="unknown method"):
         resolve(DistillConfig(method="mtt"), 32)
     with pytest.raises(UserError, match="unknown preset"):

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from distill.data import load_dataset
+from distill.datasets import load_dataset
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, eval_inputs, evaluate_set, expand_archs, parse_arch, resolve_eval
 from distill.train import TrainRecipe, can_ensemble, train_group

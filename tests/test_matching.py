@@ -72,22 +72,20 @@ def loop_loss(fr, er, fs, es, k, w):
         r = slice(c * br, (c + 1) * br)
         s = slice(c * bs, (c + 1) * bs)
         for l in range(len(fr) - 1):
-            if w.spatial:
-                total += float(loop_class_distance(loop_normalize(loop_spatial(fr[l][r], w.p_spatial)),
-                                                   loop_normalize(loop_spatial(fs[l][s], w.p_spatial)), 1)[0])
-            if w.channel:
-                total += float(loop_class_distance(loop_normalize(loop_channel(fr[l][r], w.p_channel)),
-                                                   loop_normalize(loop_channel(fs[l][s], w.p_channel)), 1)[0])
+            for name, p in w.maps:
+                loop = {"spatial": loop_spatial, "channel": loop_channel}[name]
+                total += float(loop_class_distance(loop_normalize(loop(fr[l][r], p)),
+                                                   loop_normalize(loop(fs[l][s], p)), 1)[0])
         total += w.last_weight * float(loop_class_distance(er[r], es[s], 1)[0])
     return w.scale * total
 
 
 @pytest.mark.parametrize("w", [
-    MatchWeights(spatial=False, channel=False, last_weight=1.0),  # dm
-    MatchWeights(spatial=True, channel=False, last_weight=0.01),  # datadam
-    MatchWeights(spatial=True, channel=True, last_weight=0.01),  # atom
-    MatchWeights(spatial=False, channel=True, last_weight=0.02, p_channel=8.0),  # atom_channel
-    MatchWeights(spatial=True, channel=True, last_weight=0.01, p_spatial=1.0, p_channel=8.0, scale=100.0),
+    MatchWeights(maps=(), last_weight=1.0),  # dm
+    MatchWeights(maps=(("spatial", 4.0),), last_weight=0.01),  # datadam
+    MatchWeights(maps=(("spatial", 4.0), ("channel", 4.0)), last_weight=0.01),  # atom
+    MatchWeights(maps=(("channel", 8.0),), last_weight=0.02),  # atom_channel
+    MatchWeights(maps=(("spatial", 1.0), ("channel", 8.0)), last_weight=0.01, scale=100.0),
 ])
 def test_batched_loss_equals_per_class_loops(w):
     k = 3
@@ -107,8 +105,8 @@ def test_batched_loss_equals_per_class_loops(w):
 def test_layer_selection():
     fr, er = _feats(2, 3, 3)
     fs, es = _feats(2, 3, 4)
-    w_all = MatchWeights(spatial=True, last_weight=0.0, layers=(0, 1, 2))
-    w_last = MatchWeights(spatial=True, last_weight=0.0, layers=(2,))
-    w_def = MatchWeights(spatial=True, last_weight=0.0)
+    w_all = MatchWeights(maps=(("spatial", 4.0),), last_weight=0.0, layers=(0, 1, 2))
+    w_last = MatchWeights(maps=(("spatial", 4.0),), last_weight=0.0, layers=(2,))
+    w_def = MatchWeights(maps=(("spatial", 4.0),), last_weight=0.0)
     a, b, d = (matching_loss(fr, er, fs, es, 2, w)[0] for w in (w_all, w_last, w_def))
     assert a.item() == pytest.approx(b.item() + d.item())

@@ -47,7 +47,7 @@ def test_cache_key_changes_exactly_with_relevant_values():
 
 
 def load_digits8():
-    from distill.data import load_dataset
+    from distill.datasets import load_dataset
 
     return load_dataset("digits", resolution=8)
 
