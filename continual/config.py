@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from distill.datasets import quick_defaults
 from distill.errors import UserError
 from distill.evaluate import resolve_eval
 from distill.train import TrainRecipe
@@ -13,9 +14,6 @@ from .benchmark import step_classes
 
 DM_ORDERS = [0, 1, 2, 3, 4]
 DEFAULT_MEMORIES = ["random", "herding", "dm", "datadam", "atom"]
-# digits (offline, CPU): native 8x8 images, fewer orders/models/epochs, so the CLI runs in minutes
-QUICK = {"digits": {"orders": [0, 1, 2], "models": 1, "epochs": 150, "resolution": 8,
-                    "memories": ["random", "herding", "dm", "datadam"]}}
 
 
 @dataclass
@@ -31,8 +29,9 @@ class ContinualConfig(TrainRecipe):
 
 
 def resolve_continual(cfg: ContinualConfig, dataset: str, num_classes: int) -> ContinualConfig:
-    """Fill the ``None`` fields (paper defaults, digits quick defaults) and validate."""
-    quick = QUICK.get(dataset, {})
+    """Fill the ``None`` fields (the dataset's quick defaults, ``distill.datasets``, then the
+    papers') and validate."""
+    quick = quick_defaults(dataset, "continual")
     cfg = replace(cfg,
                   models=cfg.models if cfg.models is not None else quick.get("models", 3),
                   orders=list(cfg.orders if cfg.orders is not None else quick.get("orders", DM_ORDERS)),

@@ -5,19 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from distill import augment
+from distill.datasets import quick_defaults
 from distill.errors import UserError
 from distill.train import TrainRecipe
 
 from .space import get_space
 
-# digits (offline, CPU): shorter trainings and the smallest images the space fits (8x8 native,
-# 16x16 once a depth-4 pooled ConvNet is in the space), so a small search takes minutes
-QUICK = {"digits": {"proxy_epochs": 100, "whole_epochs": 50}}
-
 
 def quick_resolution(dataset: str, space: str) -> int | None:
-    """The image size for a resizable quick dataset: ``max(8, 2**max depth)``."""
-    if dataset not in QUICK:
+    """The image size for a dataset with quick defaults (digits): the smallest the space fits,
+    ``max(8, 2**max depth)`` (8x8 native, 16x16 once a depth-4 pooled ConvNet is in it)."""
+    if not quick_defaults(dataset, "nas"):
         return None
     return max(8, 2 ** max(get_space(space)["depth"]))
 
@@ -47,7 +45,7 @@ class NASConfig:
 
 
 def resolve_nas(cfg: NASConfig, dataset: str) -> NASConfig:
-    quick = QUICK.get(dataset, {})
+    quick = quick_defaults(dataset, "nas")
     cfg = replace(cfg,
                   proxy_epochs=cfg.proxy_epochs or quick.get("proxy_epochs", 200),
                   whole_epochs=cfg.whole_epochs or quick.get("whole_epochs", 100))
