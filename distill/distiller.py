@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,12 +78,12 @@ class NetConfig:
 
 
 @dataclass
-class DistillConfig:
-    """Hyperparameters of one distillation run; ``None`` means "the preset's default"."""
+class DistillSettings:
+    """How a set is distilled, whatever its method and IPC; ``None`` means "the preset's
+    default". The ``distill`` section of the continual and NAS jobs, which pick method and IPC
+    per memory or proxy."""
 
-    method: str = "atom"
-    ipc: int = 10
-    preset: str = "paper"  # paper | reference_code (the public DataDAM code's choices): PRESETS
+    preset: str = "paper"  # paper | reference_code (the public DataDAM code's choices)
     iterations: int | None = None  # None: 8000 (papers), 20000 (reference_code)
     lr_img: float | None = None  # None: 1.0 for IPC <= 50, 10.0 above
     momentum: float = 0.5
@@ -104,6 +104,20 @@ class DistillConfig:
     checkpoint_every: int = 500
     eval_every: int = 0  # >0: train a quick model on the current set every N iterations
     eval_epochs: int = 300
+
+
+@dataclass
+class DistillConfig(DistillSettings):
+    """Hyperparameters of one distillation run: the settings plus the method and IPC."""
+
+    method: str = "atom"  # dm | datadam | atom | atom_channel | random | herding | kcenter
+    ipc: int = 10  # images per class
+
+    @staticmethod
+    def of(method: str, ipc: int, settings: DistillSettings | None = None) -> "DistillConfig":
+        """``settings`` (default: all defaults) for one method and IPC."""
+        s = settings or DistillSettings()
+        return DistillConfig(method=method, ipc=ipc, **{f.name: getattr(s, f.name) for f in fields(DistillSettings)})
 
 
 def resolve(cfg: DistillConfig, image_size: int, dataset: str | None = None) -> DistillConfig:

@@ -8,7 +8,6 @@ every later run, step count or class order reuses the file.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 
 from distill.config import to_dict
 from distill.data import ImageData
-from distill.distiller import EXECUTION_KEYS, DistillConfig, Prepared, check_ipc, distill, prepare, resolve
+from distill.distiller import EXECUTION_KEYS, DistillConfig, DistillSettings, Prepared, check_ipc, distill, prepare, resolve
 from distill.synset import SyntheticSet
 
 from .artifacts import Artifact
@@ -47,9 +46,9 @@ class BufferMaker:
             self._prep = prepare(self.data, self.data_cfg.zca, self.device)
         return self._prep
 
-    def resolve(self, method: str, ipc: int, overrides: DistillConfig | None = None) -> DistillConfig:
-        base = replace(overrides or DistillConfig(), method=method, ipc=ipc)
-        return resolve(base, self.data.image_size[0], self.data.name)
+    def resolve(self, method: str, ipc: int, settings: DistillSettings | None = None) -> DistillConfig:
+        """The resolved config of ``method`` at ``ipc`` with the job's distillation settings."""
+        return resolve(DistillConfig.of(method, ipc, settings), self.data.image_size[0], self.data.name)
 
     def artifact(self, cfg: DistillConfig) -> Artifact:
         return Artifact(self.root, "buffers", f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}",

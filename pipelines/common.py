@@ -4,9 +4,11 @@ config assembly (file < flags < ``--set``)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import datetime as _dt
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,20 +58,40 @@ def pick_device(name: str | None) -> torch.device:
     return dev
 
 
-def run_dir(out: str | None, stem: str) -> Path:
-    if out:
-        path = Path(out)
-    else:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{stem}-{stamp}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+class RunContext:
+    """One invocation of the CLI: every command gets one, and makes its run folder through
+    :meth:`folder_for`, which also records the folder so that ``main`` writes ``run.log`` and
+    ``timings.json`` into it however the command ends."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = list(argv)
+        self.started = time.time()
+        self._t0 = time.perf_counter()
+        self.folder: Path | None = None
+
+    def folder_for(self, out: str | None, stem: str, record: bool = True) -> Path:
+        """``out``, or a fresh ``runs/<stem>-<time>/``, created; ``record=False`` (a torchrun
+        rank other than 0) uses the folder without writing the run record there."""
+        if out:
+            path = Path(out)
+        else:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            path = Path("runs") / f"{stem}-{stamp}"
+        path.mkdir(parents=True, exist_ok=True)
+        if record:
+            self.folder = path
+        return path
+
+    def finish(self, code: int, log: str) -> None:
+        """Write the run record (if the command made a run folder)."""
+        if self.folder is not None:
+            write_run_record(self.folder, self.argv, self.started, time.perf_counter() - self._t0, code, log)
 
 
 def build_config(cls: type, args: argparse.Namespace, cli: dict[str, Any],
                  base: dict[str, Any] | None = None) -> Any:
     """``base`` < file (``--config``) < explicit CLI flags < ``--set`` overrides."""
-    data = dict(base or {})
+    data = copy.deepcopy(base or {})  # overrides write into nested sections: keep the caller's intact
     if args.config:
         data = _merge(data, load_yaml(args.config))
     for key, value in cli.items():

@@ -19,7 +19,7 @@ from typing import Any
 from continual.config import ContinualConfig, resolve_continual
 from distill.config import to_dict
 from distill.datasets import quick_defaults
-from distill.distiller import DistillConfig
+from distill.distiller import DistillSettings
 from distill.files import atomic_text
 from distill.methods import METHODS, get_method
 from distill.report import publish
@@ -27,7 +27,7 @@ from distill.synset import SyntheticSet, library_versions
 
 from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
-from .common import DataConfig, build_config, pick_device, run_dir, write_yaml
+from .common import DataConfig, build_config, RunContext, pick_device, write_yaml
 from .registry import file_label, is_path
 
 
@@ -37,14 +37,14 @@ class ContinualJob:
 
     dataset: DataConfig = field(default_factory=lambda: DataConfig(name="cifar100"))
     continual: ContinualConfig = field(default_factory=ContinualConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)  # method/ipc come from continual
+    distill: DistillSettings = field(default_factory=DistillSettings)  # for memories made here (method, IPC: continual)
 
 
 # protocol fields that do not change a cell's result
 _NOT_IN_KEY = ("memories", "orders", "tensorboard", "ensemble")
 
 
-def cmd_continual(args: argparse.Namespace) -> int:
+def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
     from tqdm import tqdm
 
     with warnings.catch_warnings():  # avalanche warns at import that GEM has no QP solver
@@ -68,8 +68,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     for spec in specs:  # every typo before any long work
         if spec not in files:
             get_method(spec)
-    out = run_dir(args.out, f"continual-{data.name}-{cfg.steps}steps")
-    args.run_dir = out
+    out = run.folder_for(args.out, f"continual-{data.name}-{cfg.steps}steps")
     write_yaml(out / "config.yaml", {"dataset": to_dict(job.dataset), "continual": to_dict(cfg),
                                      "distill": to_dict(job.distill), "device": str(device),
                                      "cache": str(args.cache), "versions": library_versions()})

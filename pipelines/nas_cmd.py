@@ -21,7 +21,7 @@ import torch
 
 from distill.config import to_dict
 from distill.data import ImageData
-from distill.distiller import DistillConfig, prepare
+from distill.distiller import DistillSettings, prepare
 from distill.errors import UserError
 from distill.evaluate import eval_inputs
 from distill.train import steps_per_epoch
@@ -33,8 +33,8 @@ from nas.space import KEYS, candidate_name, candidate_spec, get_space, grid
 
 from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
-from .common import DataConfig, build_config, pick_device, run_dir, write_yaml
-from .registry import file_label, lookup
+from .common import DataConfig, build_config, RunContext, pick_device, write_yaml
+from .registry import dataset_base, file_label, lookup
 
 @dataclass
 class NASJob:
@@ -42,7 +42,7 @@ class NASJob:
 
     dataset: DataConfig = field(default_factory=DataConfig)
     nas: NASConfig = field(default_factory=NASConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)  # method/ipc come from the proxy name
+    distill: DistillSettings = field(default_factory=DistillSettings)  # for proxies made here (method, IPC: the proxy's name)
 
 
 def check_space_fits(space: dict[str, list[Any]], data: ImageData) -> None:
@@ -147,7 +147,7 @@ def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache:
     return rows
 
 
-def cmd_nas(args: argparse.Namespace) -> int:
+def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     from nas.report import scatter, summary_row
     from nas.train import Condition, early_epochs, val_split
 
@@ -155,28 +155,22 @@ def cmd_nas(args: argparse.Namespace) -> int:
     if not specs:
         raise UserError("give at least one --proxy: a name like atom_ipc50 or a synset.pt path")
     parsed = {s: lookup(s) for s in specs}
-    named_ds = {p.dataset["name"] for p in parsed.values() if p and p.dataset.get("name")}
-    if len(named_ds) > 1:
-        raise UserError(f"the proxies name different datasets: {', '.join(sorted(named_ds))}")
-    named_res = {p.dataset["resolution"] for p in parsed.values() if p and p.dataset.get("resolution")}
+    named = dataset_base([p for p in parsed.values() if p])  # the proxies' dataset keys, which must agree
     job = build_config(NASJob, args, {
-        "dataset.name": args.dataset or (next(iter(named_ds)) if named_ds else None),
+        "dataset.name": args.dataset,
         "dataset.root": args.data_root, "nas.space": args.space, "nas.workers": args.workers,
         "nas.storage": args.storage, "nas.whole_results": args.whole_results,
         "nas.proxy_epochs": args.proxy_epochs, "nas.whole_epochs": args.whole_epochs, "nas.seed": args.seed,
-    })
-    if named_ds and job.dataset.name not in named_ds:
-        raise UserError(f"proxy names dataset {next(iter(named_ds))!r} but --dataset is {job.dataset.name!r}")
+    }, {"dataset": named})
+    if named.get("name") and job.dataset.name != named["name"]:
+        raise UserError(f"proxy names dataset {named['name']!r} but the job's dataset is {job.dataset.name!r}")
     device = pick_device(args.device)
     space = get_space(job.nas.space)
-    if job.dataset.resolution is None and len(named_res) == 1:  # the proxies' own image size
-        job.dataset.resolution = next(iter(named_res))
     data = job.dataset.load(quick_resolution(job.dataset.name, job.nas.space))
     cfg = resolve_nas(job.nas, data.name)
     check_space_fits(space, data)
     names = [candidate_name(p) for p in grid(space)]
-    out = run_dir(args.out, f"nas-{data.name}-{cfg.space}")
-    args.run_dir = out
+    out = run.folder_for(args.out, f"nas-{data.name}-{cfg.space}")
     write_yaml(out / "config.yaml", {"dataset": to_dict(job.dataset), "nas": to_dict(cfg), "proxies": specs,
                                      "distill": to_dict(job.distill), "device": str(device),
                                      "cache": str(args.cache), "versions": library_versions()})

@@ -5,13 +5,13 @@ not listed, to the pattern ``<method>_ipc<N>[_<dataset>]``."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distill.config import from_dict, load_yaml, locate, to_dict
 from distill.datasets import DATASETS
-from distill.distiller import DistillConfig
+from distill.distiller import DistillConfig, DistillSettings
 from distill.errors import ConfigError, UserError
 from distill.methods import get_method
 
@@ -38,14 +38,22 @@ class BufferDef:
     def ipc(self) -> int:
         return int(self.distill["ipc"])
 
-    def data_config(self, job: DataConfig) -> DataConfig:
-        """The job's data section with this buffer's dataset keys applied."""
-        return replace(job, **self.dataset)
+    def distill_config(self, settings: DistillSettings) -> DistillConfig:
+        """The job's distillation settings with this buffer's distill keys (method, IPC, ...) applied."""
+        return from_dict(DistillConfig, {**to_dict(settings), **self.distill}, "distill")
 
-    def distill_config(self, base: DistillConfig) -> DistillConfig:
-        data = to_dict(base)
-        data.update(self.distill)
-        return from_dict(DistillConfig, data, "distill")
+
+def dataset_base(defs: list[BufferDef]) -> dict[str, Any]:
+    """The dataset section that named buffers give a job, as the base its file and flags
+    override (``run.py distill --buffer``, ``run.py nas --proxy``): the union of their dataset
+    keys, which must agree."""
+    out: dict[str, Any] = {}
+    for d in defs:
+        for key, value in d.dataset.items():
+            if key in out and out[key] != value:
+                raise UserError(f"the buffers disagree on dataset.{key}: {out[key]!r} and {value!r} ({d.name})")
+            out[key] = value
+    return out
 
 
 def registry(path: Path = BUFFERS_FILE) -> dict[str, BufferDef]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +33,8 @@ from distill.synset import SyntheticSet, library_versions
 from pipelines import continual_cmd, nas_cmd, scaleout
 from pipelines.artifacts import list_artifacts
 from pipelines.buffers import BufferMaker
-from pipelines.registry import BUFFERS_FILE, lookup, registry
-from pipelines.common import DataConfig, Tee, build_config, pick_device, run_dir, write_run_record, write_yaml
+from pipelines.registry import BUFFERS_FILE, dataset_base, lookup, registry
+from pipelines.common import DataConfig, RunContext, Tee, build_config, pick_device, write_yaml
 
 
 @dataclass
@@ -50,11 +49,11 @@ class DistillJob:
 # distill
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
+def cmd_distill(args: argparse.Namespace, run: RunContext) -> int:
     named = lookup(args.buffer) if args.buffer else None
     if args.buffer and named is None:
         raise UserError(f"--buffer takes a buffer name (e.g. atom_ipc50), not a file: {args.buffer}")
-    base = {"dataset": dict(named.dataset), "distill": dict(named.distill)} if named else None
+    base = {"dataset": dataset_base([named]), "distill": dict(named.distill)} if named else None
     job: DistillJob = build_config(DistillJob, args, {
         "dataset.name": args.dataset, "dataset.root": args.data_root,
         "distill.method": args.method, "distill.ipc": args.ipc,
@@ -70,10 +69,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     data = job.dataset.load()
     cfg = resolve(job.distill, data.image_size[0], data.name)
     check_ipc(data, cfg.ipc)
-    out = run_dir(args.out, f"distill-{data.name}-{cfg.method}-ipc{cfg.ipc}")
     lead = d.rank == 0
+    out = run.folder_for(args.out, f"distill-{data.name}-{cfg.method}-ipc{cfg.ipc}", record=lead)
     if lead:
-        args.run_dir = out
         resolved = {"dataset": to_dict(job.dataset), "distill": to_dict(cfg), "device": str(device),
                     "processes": d.world, "versions": library_versions()}
         write_yaml(out / "config.yaml", resolved)
@@ -131,7 +129,7 @@ class EvaluateJob:
     eval: TrainRecipe = field(default_factory=TrainRecipe)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
     synset = SyntheticSet.load(args.synset)
     job: EvaluateJob = build_config(EvaluateJob, args, {
         "dataset.name": args.dataset or synset.meta.get("dataset"), "dataset.root": args.data_root,
@@ -161,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # export
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace, _run: RunContext) -> int:
     synset = SyntheticSet.load(args.synset)
     out = Path(args.out) if args.out else Path(args.synset).with_suffix("")
     if args.format == "npz":
@@ -182,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 # list
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def cmd_list(args: argparse.Namespace, _run: RunContext) -> int:
     rows = list_artifacts(args.cache)
     if rows:
         print(f"cached artifacts under {args.cache}/:\n")
@@ -281,12 +279,12 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
-    started, t0 = time.time(), time.perf_counter()
+    run = RunContext(argv)
     tee = Tee(sys.stdout)
     code = 1
     try:
         with contextlib.redirect_stdout(tee):
-            code = int(args.func(args))
+            code = int(args.func(args, run))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
@@ -295,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         code = 130
     finally:
-        if getattr(args, "run_dir", None) is not None:
-            write_run_record(Path(args.run_dir), argv, started, time.perf_counter() - t0, code,
-                             tee.copy.getvalue())
+        run.finish(code, tee.copy.getvalue())
     return code
 
 

@@ -13,12 +13,13 @@ import yaml
 
 import distill.distiller as distiller
 from distill.config import from_dict, to_dict
-from distill.distiller import DistillConfig, distill, resolve
+from distill.distiller import DistillConfig, DistillSettings, distill, resolve
+from distill.errors import UserError
 from pipelines.artifacts import Artifact, config_key, list_artifacts
 from pipelines.buffers import BufferMaker, buffer_key_config
 from pipelines.common import DataConfig
 from pipelines.make_configs import CONFIG_DIR, JOBS, render
-from pipelines.registry import lookup, registry
+from pipelines.registry import dataset_base, lookup, registry
 from pipelines.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,39 @@ def test_named_buffers_resolve():
     assert lookup("runs/x/synset.pt") is None
 
 
+def test_named_buffers_give_one_dataset_base():
+    a, b, c = lookup("atom_ipc10_digits"), lookup("random_ipc5_digits"), lookup("dm_ipc50")
+    assert dataset_base([a, b]) == {"name": "digits", "resolution": 8}  # union of the keys
+    assert dataset_base([]) == {}
+    with pytest.raises(UserError, match="disagree on dataset.name: 'digits' and 'cifar10'"):
+        dataset_base([a, c])
+    settings = DistillSettings(iterations=7)
+    cfg = a.distill_config(settings)
+    assert (cfg.method, cfg.ipc, cfg.iterations) == ("atom", 10, 7)
+    assert DistillConfig.of("dm", 3, settings) == DistillConfig(method="dm", ipc=3, iterations=7)
+
+
+@pytest.mark.parametrize("job,argv", [
+    ("continual", ["--memories", "random", "--set", "distill.method=dm"]),
+    ("nas", ["--proxy", "random_ipc5_digits", "--set", "distill.ipc=3"]),
+])
+def test_jobs_reject_distill_keys_that_would_not_act(tmp_path, capsys, job, argv):
+    assert main([job, "--dataset", "digits", "--out", str(tmp_path / "o"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown config key 'distill." in err[0] and "allowed keys under distill: preset" in err[0]
+    yaml_text = (CONFIG_DIR / f"{job}.yaml").read_text()
+    assert "  method:" not in yaml_text.split("distill:")[1] and "  ipc:" not in yaml_text.split("distill:")[1]
+
+
+def test_run_record_written_when_a_command_fails_after_making_its_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["nas", "--proxy", str(tmp_path / "missing.pt"), "--dataset", "digits", "--space", "tiny", "--out", str(out),
+            "--quiet", "--cache", str(tmp_path / "c")]
+    assert main(argv) == 2
+    assert json.loads((out / "timings.json").read_text())["exit_code"] == 2
+    assert "NAS on digits" in (out / "run.log").read_text()
+
+
 def test_distill_by_buffer_name_and_run_record(tmp_path):
     out = tmp_path / "r"
     argv = ["distill", "--buffer", "random_ipc10_digits", "--cache", str(tmp_path / "cache"), "--quiet"]
@@ -120,7 +154,7 @@ def test_distill_by_buffer_name_and_run_record(tmp_path):
 
 @pytest.mark.parametrize("text, line, message", [
     ("dataset:\n  name: digits\ndistill:\n  method: atom\n  ipcc: 3\n", 5, "unknown config key 'distill.ipcc'; "
-     "allowed keys under distill: method, ipc,"),
+     "allowed keys under distill: preset,"),
     ("distill:\n  net:\n    width: wide\n", 3, "distill.net.width: expected an integer"),
     ("distill:\n  method: atom\n   ipc: 3\n", 3, "malformed YAML"),
 ])
