@@ -9,9 +9,7 @@ share a study), trains the whole-data ground truth once (cached, or imported wit
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +18,20 @@ from typing import Any
 import torch
 
 from distill.config import to_dict
-from distill.data import ImageData
 from distill.distiller import DistillSettings, prepare
 from distill.errors import UserError
 from distill.evaluate import eval_inputs
-from distill.train import steps_per_epoch
 from distill.files import atomic_text
 from distill.report import publish
 from distill.synset import SyntheticSet, library_versions
 from nas.config import NASConfig, quick_resolution, resolve_nas
-from nas.space import KEYS, candidate_name, candidate_spec, get_space, grid
+from nas.space import candidate_name, get_space, grid
 
 from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
-from .common import DataConfig, build_config, RunContext, pick_device, write_yaml
+from .common import DataConfig, RunContext, build_config, pick_device, write_yaml
 from .registry import dataset_base, file_label, lookup
+
 
 @dataclass
 class NASJob:
@@ -45,103 +42,30 @@ class NASJob:
     distill: DistillSettings = field(default_factory=DistillSettings)  # for proxies made here (method, IPC: the proxy's name)
 
 
-def check_space_fits(space: dict[str, list[Any]], data: ImageData) -> None:
-    """Every candidate's feature maps must survive its pooling at this image size."""
-    for pool in space["pool"]:
-        params = {"depth": max(space["depth"]), "width": 4, "act": "relu", "norm": "none", "pool": pool}
-        try:
-            candidate_spec(params).build(data.channels, data.num_classes, data.image_size)
-        except UserError as exc:
-            raise UserError(f"search space does not fit {data.image_size[0]}x{data.image_size[1]} "
-                            f"images: {exc}") from None
-
-
-def _load_whole_results(path: str, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Whole-data results made elsewhere: csv or json rows with the five space keys (or a
-    ``candidate`` name) and ``test_acc`` (``val_acc`` optional)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"nas.whole_results file {p} does not exist")
-    if p.suffix == ".json":
-        blob = json.loads(p.read_text())
-        rows = blob["rows"] if isinstance(blob, dict) else blob
-    else:
-        with open(p, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if "test_acc" not in r:
-            raise UserError(f"{p}: every row needs test_acc (and candidate or {', '.join(KEYS)})")
-        name = r.get("candidate") or candidate_name({k: r[k] for k in KEYS})
-        out[name] = {"test_acc": float(r["test_acc"]), "val_acc": float(r.get("val_acc") or "nan")}
-    missing = [n for n in names if n not in out]
-    if missing:
-        raise UserError(f"{p} lacks {len(missing)} candidates of the space, e.g. {missing[0]}")
-    return out
-
-
 def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache: Path, device: torch.device,
               force: bool, quiet: bool) -> dict[str, dict[str, Any]]:
-    """Train every candidate under ``cond`` in a (cached, resumable, shareable) study."""
+    """Every candidate trained under ``cond`` (``nas.search.train_all``), cached as an artifact."""
     from tqdm import tqdm
 
-    from nas.study import finished, open_storage, open_study, recover, results_table, run_worker, running
-    from nas.train import train_candidate
-    from nas.worker import to_device, worker_main
+    from nas.search import train_all
 
-    space = get_space(cfg.space)
     art = Artifact(cache, "nas", label, key, "results.json")
     if art.complete and not force:
         rows = json.loads(art.result_path.read_text())["rows"]
         print(f"  {label}: reused {len(rows)} candidates from {art.path}")
         return rows
     folder = art.open(force=force)
-    journal = folder / "study.journal"
-    storage = open_storage(cfg.storage, journal)
     name = f"{label}-{art.key}"
-    study = open_study(name, storage, space)
-    if not cfg.storage:
-        queued = recover(study, space)
-        if queued:
-            print(f"  {label}: resuming; {queued} interrupted candidate(s) queued again")
-    total = len(grid(space))
-    bar = tqdm(total=total, desc=f"nas {label}", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=len(grid(get_space(cfg.space))), desc=f"nas {label}", disable=quiet, dynamic_ncols=True)
 
     def progress(done: int, _total: int) -> None:
         bar.update(done - bar.n)
 
     t0 = time.perf_counter()
-    if cfg.workers == 1:
-        dev_cond = to_device(cond, device)
-        run_worker(study, space, lambda p, i: train_candidate(p, i, dev_cond, cfg, device), progress)
-    else:
-        import torch.multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        procs = [ctx.Process(target=worker_main, args=(cfg.storage, str(journal), name, cond, cfg,
-                                                       f"cuda:{i % gpus}" if gpus else "cpu", threads))
-                 for i in range(cfg.workers)]
-        for p in procs:
-            p.start()
-        while any(p.is_alive() for p in procs):
-            progress(len(finished(study)), total)
-            time.sleep(1.0)
-        bad = [p.exitcode for p in procs if p.exitcode]
-        if bad:
-            raise UserError(f"{len(bad)} NAS worker(s) failed (exit codes {bad}); run the same command "
-                            "again to resume the study")
-    rows = results_table(study)
-    while len(rows) < total and running(study):  # other machines are still training candidates
-        progress(len(rows), total)
-        time.sleep(5.0)
-        rows = results_table(study)
-    progress(len(rows), total)
-    bar.close()
-    if len(rows) < total:
-        raise UserError(f"study {name} finished only {len(rows)} of {total} candidates; run the command "
-                        "again to resume it")
+    try:
+        rows = train_all(name, folder / "study.journal", cond, cfg, device, progress)
+    finally:
+        bar.close()
     atomic_text(art.result_path, json.dumps({"study": name, "seconds": time.perf_counter() - t0,
                                            "rows": rows}, indent=1))
     return rows
@@ -149,7 +73,7 @@ def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache:
 
 def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     from nas.report import scatter, summary_row
-    from nas.train import Condition, early_epochs, val_split
+    from nas.search import check_space_fits, conditions, early_condition, load_whole_results, proxy_condition
 
     specs = [s.strip() for s in (args.proxy or "").split(",") if s.strip()]
     if not specs:
@@ -192,32 +116,23 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
             print(f"  proxy {spec}: {'reused' if reused else 'made'} {path}")
             proxies[spec] = (synset, "buffer:" + maker.artifact(dcfg).key, eval_inputs(synset, data))
 
-    train_idx, val_idx = val_split(data.train_y, data.num_classes, cfg.val_fraction, cfg.val_seed)
     prep = prepare(data, job.dataset.zca, "cpu")
-    k = data.num_classes
     base = {"dataset": job.dataset.identity(data), "space": cfg.space, "val": [cfg.val_fraction, cfg.val_seed],
             "recipe": [cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch, cfg.dsa, cfg.init], "seed": cfg.seed}
-    whole_cond = Condition("whole", prep.train_x[train_idx], data.train_y[train_idx], prep.train_x[val_idx],
-                           data.train_y[val_idx], prep.test_x, data.test_y, k, int(cfg.whole_epochs or 100))
+    whole_cond, val_idx = conditions(prep, cfg)
     if cfg.whole_results:
-        whole = _load_whole_results(cfg.whole_results, names)
+        whole = load_whole_results(cfg.whole_results, names)
     else:
         whole = run_study(f"{data.name}_whole", whole_cond, {**base, "epochs": cfg.whole_epochs}, cfg,
                           Path(args.cache), device, args.force, args.quiet)
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for label, (synset, identity, test_x) in proxies.items():
-        val_x = synset.preprocess(data.train_x[val_idx])
-        cond = Condition("proxy", synset.images, synset.labels, val_x, data.train_y[val_idx],
-                         test_x, data.test_y, k, int(cfg.proxy_epochs or 200))
-        results[label] = run_study(f"{data.name}_{label}", cond, {**base, "proxy": identity,
-                                                                  "epochs": cfg.proxy_epochs},
+        results[label] = run_study(f"{data.name}_{label}", proxy_condition(synset, test_x, data, val_idx, cfg),
+                                   {**base, "proxy": identity, "epochs": cfg.proxy_epochs},
                                    cfg, Path(args.cache), device, args.force, args.quiet)
         if cfg.early_stopping:
-            steps = int(cfg.proxy_epochs or 200) * steps_per_epoch(len(synset.labels), cfg.batch)
-            ecnd = Condition("early", whole_cond.x, whole_cond.y, whole_cond.val_x, whole_cond.val_y,
-                             whole_cond.test_x, whole_cond.test_y, k,
-                             early_epochs(steps, len(whole_cond.x), cfg.batch), max_steps=steps)
+            steps, ecnd = early_condition(whole_cond, len(synset.labels), cfg)
             elabel = f"early_{steps}steps"
             if elabel not in results:
                 results[elabel] = run_study(f"{data.name}_{elabel}", ecnd, {**base, "early_steps": steps,

@@ -10,10 +10,13 @@ architecture (``register_arch``), so adding an architecture is one new file plus
 
 from __future__ import annotations
 
-from .base import (ACTIVATIONS, ARCHS, INITS, NORMS, POOLINGS, ArchDef, Net, NetSpec, build_net,  # noqa: F401
+from .base import (ACTIVATIONS, ARCHS, INITS, NORMS, POOLINGS, ArchDef, Net, NetSpec, build_net,
                    default_depth, has_batch_statistics, init_weights, register_arch)
 from ..registry import import_modules
 
 import_modules(__name__, __path__, first=("base", "convnet", "alexnet", "vgg", "resnet", "vit"))  # papers' order
 
 from .convnet import ConvNet  # noqa: E402,F401  (the ConvNet is imported by name across the toolkit)
+
+__all__ = ["ACTIVATIONS", "ARCHS", "INITS", "NORMS", "POOLINGS", "ArchDef", "ConvNet", "Net", "NetSpec", "build_net",
+           "default_depth", "has_batch_statistics", "init_weights", "register_arch"]

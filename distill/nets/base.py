@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import UserError, choice_error
+from ..errors import choice_error
 
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
 ACTIVATIONS = ("sigmoid", "relu", "leakyrelu")

@@ -6,7 +6,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Net, NetSpec, default_depth, make_activation, make_norm, make_pool, register_arch
+from .base import Net, default_depth, make_activation, make_norm, make_pool, register_arch
 
 
 class ConvBlock(nn.Module):

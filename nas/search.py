@@ -1,0 +1,143 @@
+"""The search protocol (docs/protocols.md section 5), independent of the CLI and its cache.
+
+- :func:`check_space_fits`: every candidate of a space must fit the image size.
+- :func:`conditions`: the validation split and the whole-data condition; :func:`proxy_condition`
+  and :func:`early_condition` the other two.
+- :func:`train_all`: every candidate trained under one condition in an Optuna grid study, by
+  this process or by ``workers`` spawned processes, waiting for other machines that share an
+  RDB study; an interrupted study resumes.
+- :func:`load_whole_results`: whole-data results made elsewhere.
+
+Optuna is imported only when a study runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distill.data import ImageData
+from distill.distiller import Prepared
+from distill.errors import UserError
+from distill.synset import SyntheticSet
+from distill.train import steps_per_epoch
+
+from .config import NASConfig
+from .space import KEYS, candidate_name, candidate_spec, grid
+from .train import Condition, early_epochs, val_split
+
+
+def check_space_fits(space: dict[str, list[Any]], data: ImageData) -> None:
+    """Every candidate's feature maps must survive its pooling at this image size."""
+    for pool in space["pool"]:
+        params = {"depth": max(space["depth"]), "width": 4, "act": "relu", "norm": "none", "pool": pool}
+        try:
+            candidate_spec(params).build(data.channels, data.num_classes, data.image_size)
+        except UserError as exc:
+            raise UserError(f"search space does not fit {data.image_size[0]}x{data.image_size[1]} "
+                            f"images: {exc}") from None
+
+
+def load_whole_results(path: str, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Whole-data results made elsewhere: csv or json rows with the five space keys (or a
+    ``candidate`` name) and ``test_acc`` (``val_acc`` optional)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"nas.whole_results file {p} does not exist")
+    if p.suffix == ".json":
+        blob = json.loads(p.read_text())
+        rows = blob["rows"] if isinstance(blob, dict) else blob
+    else:
+        with open(p, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if "test_acc" not in r:
+            raise UserError(f"{p}: every row needs test_acc (and candidate or {', '.join(KEYS)})")
+        name = r.get("candidate") or candidate_name({k: r[k] for k in KEYS})
+        out[name] = {"test_acc": float(r["test_acc"]), "val_acc": float(r.get("val_acc") or "nan")}
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise UserError(f"{p} lacks {len(missing)} candidates of the space, e.g. {missing[0]}")
+    return out
+
+
+def conditions(prep: Prepared, cfg: NASConfig) -> tuple[Condition, Tensor]:
+    """The whole-data condition (the training set minus a per-class validation split) and the
+    validation indices every condition ranks on."""
+    data = prep.data
+    train_idx, val_idx = val_split(data.train_y, data.num_classes, cfg.val_fraction, cfg.val_seed)
+    whole = Condition("whole", prep.train_x[train_idx], data.train_y[train_idx], prep.train_x[val_idx],
+                      data.train_y[val_idx], prep.test_x, data.test_y, data.num_classes, int(cfg.whole_epochs or 100))
+    return whole, val_idx
+
+
+def proxy_condition(synset: SyntheticSet, test_x: Tensor, data: ImageData, val_idx: Tensor,
+                    cfg: NASConfig) -> Condition:
+    """Training on a synthetic set; validation and test images in the set's own input space."""
+    return Condition("proxy", synset.images, synset.labels, synset.preprocess(data.train_x[val_idx]),
+                     data.train_y[val_idx], test_x, data.test_y, data.num_classes, int(cfg.proxy_epochs or 200))
+
+
+def early_condition(whole: Condition, proxy_images: int, cfg: NASConfig) -> tuple[int, Condition]:
+    """The whole data for as many SGD steps as training on ``proxy_images`` images takes."""
+    steps = int(cfg.proxy_epochs or 200) * steps_per_epoch(proxy_images, cfg.batch)
+    return steps, Condition("early", whole.x, whole.y, whole.val_x, whole.val_y, whole.test_x, whole.test_y,
+                            whole.num_classes, early_epochs(steps, len(whole.x), cfg.batch), max_steps=steps)
+
+
+def train_all(name: str, journal: Path, cond: Condition, cfg: NASConfig, device: torch.device,
+              progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, dict[str, Any]]:
+    """Train every candidate of ``cfg.space`` under ``cond`` in study ``name`` (a journal file,
+    or ``cfg.storage``); return ``candidate -> result row`` once all are done."""
+    from .space import get_space
+    from .study import finished, open_storage, open_study, recover, results_table, run_worker, running
+    from .train import train_candidate
+    from .worker import to_device, worker_main
+
+    space = get_space(cfg.space)
+    study = open_study(name, open_storage(cfg.storage, journal), space)
+    if not cfg.storage:
+        queued = recover(study, space)
+        if queued:
+            print(f"  {name}: resuming; {queued} interrupted candidate(s) queued again")
+    total = len(grid(space))
+    if cfg.workers == 1:
+        dev_cond = to_device(cond, device)
+        run_worker(study, space, lambda p, i: train_candidate(p, i, dev_cond, cfg, device), progress)
+    else:
+        import torch.multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+        procs = [ctx.Process(target=worker_main, args=(cfg.storage, str(journal), name, cond, cfg,
+                                                       f"cuda:{i % gpus}" if gpus else "cpu", threads))
+                 for i in range(cfg.workers)]
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs):
+            progress(len(finished(study)), total)
+            time.sleep(1.0)
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            raise UserError(f"{len(bad)} NAS worker(s) failed (exit codes {bad}); run the same command "
+                            "again to resume the study")
+    rows = results_table(study)
+    while len(rows) < total and running(study):  # other machines are still training candidates
+        progress(len(rows), total)
+        time.sleep(5.0)
+        rows = results_table(study)
+    progress(len(rows), total)
+    if len(rows) < total:
+        raise UserError(f"study {name} finished only {len(rows)} of {total} candidates; run the command "
+                        "again to resume it")
+    return rows
