@@ -92,7 +92,7 @@ class DistillSettings:
     p_channel: float | None = None  # None: 4 (paper), 1 (reference_code)
     lam: float | None = None  # None: 0.01 at <= 32 px, 0.02 above
     loss_scale: float | None = None  # None: 1 (paper), 100 (reference_code)
-    layers: list[int] | None = None  # 1-based blocks for attention; None: 1..L-1
+    layers: list[int] | None = None  # 1-based attention taps of the network (Net.taps); None: 1..L-1
     init: str = "real"  # real | noise | kcenter
     dsa: str = augment.DEFAULT_STRATEGY
     chunk: int | None = None  # real images per forward pass; None: 4096 on GPU, 128 on CPU
@@ -121,8 +121,9 @@ class DistillConfig(DistillSettings):
 
 
 def resolve(cfg: DistillConfig, image_size: int, dataset: str | None = None) -> DistillConfig:
-    """Fill every ``None`` with the dataset's quick defaults (``distill.datasets``; digits) and
-    then the preset's value; validate names and ranges."""
+    """Fill every ``None``: first the dataset's quick defaults (``distill.datasets``; digits),
+    then the method's own defaults (``Method.defaults``; DM), then the preset's table and the
+    size rules; validate names and ranges."""
     quick = quick_defaults(dataset, "distill")
     cfg = replace(cfg, **{k: v for k, v in quick.items() if getattr(cfg, k) is None})
     method = get_method(cfg.method)
@@ -133,7 +134,7 @@ def resolve(cfg: DistillConfig, image_size: int, dataset: str | None = None) -> 
     if cfg.ipc < 1:
         raise UserError(f"ipc must be at least 1, got {cfg.ipc}")
     augment.parse_strategy(cfg.dsa)
-    defaults = {**PRESETS[cfg.preset], **size_defaults(cfg.ipc, image_size)}
+    defaults = {**PRESETS[cfg.preset], **size_defaults(cfg.ipc, image_size), **method.defaults}
     net = replace(cfg.net, **{k: defaults[f"net.{k}"] for k in ("norm", "init") if getattr(cfg.net, k) is None})
     if net.init not in INITS:
         raise choice_error("net.init", net.init, INITS)
@@ -153,7 +154,7 @@ def match_weights(cfg: DistillConfig, depth: int) -> MatchWeights:
     if cfg.layers is not None:
         bad = [l for l in cfg.layers if not 1 <= l <= depth]
         if bad:
-            raise UserError(f"layers {bad} out of range: the network has blocks 1..{depth}")
+            raise UserError(f"layers {bad} out of range: the network has attention taps 1..{depth}")
         layers = tuple(l - 1 for l in cfg.layers)
     return MatchWeights(maps=tuple((name, getattr(cfg, ATTENTION_MAPS[name].power)) for name in m.maps),
                         last_weight=(cfg.lam if m.attention_weighted_last else 1.0) if m.last else 0.0,
@@ -381,7 +382,7 @@ def distill(
     dev = prep.train_x.device
     k, size = prep.num_classes, prep.data.image_size
     net = matching_net(cfg, prep.data.channels, k, size, dev)
-    weights = match_weights(cfg, len(getattr(net, "blocks", [])) or 1)
+    weights = match_weights(cfg, len(net.taps))
     if shard is not None and has_batch_statistics(net) and shard != (0, k):
         raise UserError("class sharding needs a network without batch statistics (batch norm couples the "
                         "classes of a forward pass); use net.norm=instancenorm or one process")

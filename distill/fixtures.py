@@ -6,6 +6,8 @@
 (the R, G and B planes of a 32x32 image, row-major), ``labels`` / ``fine_labels`` lists of int.
 torchvision checks the official MD5 sums, which fabricated files cannot match:
 ``accept_fabricated_cifar`` turns that one check into "the file exists" while it is active.
+``write_mnist`` (idx files, plain or gzipped) and ``write_svhn`` (``.mat``) write the MNIST-family
+and SVHN formats.
 """
 
 from __future__ import annotations
@@ -67,3 +69,46 @@ def accept_fabricated_cifar() -> Iterator[None]:
         yield
     finally:
         cifar.check_integrity = saved
+
+
+def write_idx(folder: str | Path, stem: str, array: np.ndarray, gz: bool = False) -> Path:
+    """Write ``array`` (uint8) as an idx file: bytes ``0, 0, 0x08, ndim``, then each size as a
+    big-endian int32, then the data (the MNIST / Fashion-MNIST format); ``gz``: gzipped."""
+    import gzip
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    blob = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape) + array.tobytes()
+    path = Path(folder) / (stem + (".gz" if gz else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    return path
+
+
+def write_mnist(folder: str | Path, train: int, test: int, seed: int = 0, gz: bool = False) -> dict:
+    """The four idx files of an MNIST-format dataset in ``folder``, with random 28x28 images and
+    labels 0..9; returns ``{"train": (x, y), "test": (x, y)}`` as written."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for part, n, prefix in (("train", train, "train"), ("test", test, "t10k")):
+        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        y = rng.integers(0, 10, size=n).astype(np.uint8)
+        write_idx(folder, f"{prefix}-images-idx3-ubyte", x, gz)
+        write_idx(folder, f"{prefix}-labels-idx1-ubyte", y, gz)
+        out[part] = (x, y)
+    return out
+
+
+def write_svhn(root: str | Path, train: int, test: int, seed: int = 0) -> dict:
+    """torchvision's SVHN files ``train_32x32.mat`` / ``test_32x32.mat`` under ``root``: ``X``
+    uint8 ``32 x 32 x 3 x N``, ``y`` ``N x 1`` in 1..10 (10 is the digit 0); returns the arrays."""
+    import scipy.io as sio
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for part, n in (("train", train), ("test", test)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = rng.integers(1, 11, size=(n, 1)).astype(np.uint8)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        sio.savemat(str(Path(root) / f"{part}_32x32.mat"), {"X": x, "y": y})
+        out[part] = (x, y)
+    return out

@@ -45,7 +45,7 @@ def test_config_file_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("argv,pattern", [
     (["--method", "mtt"], "unknown method 'mtt'; allowed: dm, datadam, atom"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'; allowed: cifar10"),
+    (["--dataset", "emnist"], "unknown dataset 'emnist'; allowed: cifar10"),
     (["--ipc", "500"], "ipc 500 is larger than class"),
     (["--set", "distill.lr=3"], "unknown config key 'distill.lr'; allowed keys under distill: preset, .*, method, ipc"),
     (["--set", "distill.ipc=ten"], "distill.ipc: expected an integer"),

@@ -10,7 +10,7 @@ from PIL import Image
 from distill.data import ClassIndex
 from distill.datasets import load_dataset
 from distill.errors import UserError
-from distill.fixtures import accept_fabricated_cifar, write_cifar
+from distill.fixtures import accept_fabricated_cifar, write_cifar, write_mnist, write_svhn
 
 
 @pytest.fixture
@@ -120,8 +120,8 @@ def test_digits_split_is_stratified_and_fixed(digits):
 
 
 def test_unknown_dataset():
-    with pytest.raises(UserError, match="unknown dataset 'mnist'.*cifar10"):
-        load_dataset("mnist")
+    with pytest.raises(UserError, match="unknown dataset 'emnist'.*cifar10"):
+        load_dataset("emnist")
 
 
 def test_class_index_sampling(gen):
@@ -137,3 +137,52 @@ def test_class_index_sampling(gen):
     big = index.sample(6, gen)
     assert sorted(set(big[1].tolist())) == [1, 4]
     assert sorted(big[0, :3].tolist()) == [0, 2, 5]
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])
+def test_mnist_family_reads_idx_like_torchvision(tmp_path, name, folder):
+    from torchvision import datasets
+
+    write_mnist(tmp_path / folder / "raw", train=30, test=12, seed=1)  # torchvision's layout, uncompressed
+    data = load_dataset(name, tmp_path, download=False)
+    for train, x, y in ((True, data.train_x, data.train_y), (False, data.test_x, data.test_y)):
+        ref = getattr(datasets, folder)(str(tmp_path), train=train, download=False)  # torchvision's own reader
+        assert torch.equal(x[:, 0], ref.data) and torch.equal(y, ref.targets.long())
+    assert data.image_size == (28, 28) and data.channels == 1 and data.num_classes == 10
+    assert data.mean == ((0.1307,) if name == "mnist" else (0.2861,)) and not data.zca_default
+
+
+def test_mnist_family_reads_any_folder_of_gzipped_idx(tmp_path):
+    truth = write_mnist(tmp_path / "debian", train=20, test=5, seed=2, gz=True)  # flat, .gz: the Debian package
+    data = load_dataset("fashionmnist", tmp_path / "debian", download=False)
+    assert torch.equal(data.train_x[:, 0], torch.from_numpy(truth["train"][0]))
+    assert data.test_y.tolist() == truth["test"][1].tolist() and data.classes[0] == "T-shirt/top"
+
+
+def test_mnist_family_bad_files(tmp_path):
+    with pytest.raises(UserError, match="train-images-idx3-ubyte.*not found under"):
+        load_dataset("mnist", tmp_path, download=False)
+    write_mnist(tmp_path, train=4, test=2)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05\x01")  # 5 said, 1 there
+    with pytest.raises(UserError, match="header says"):
+        load_dataset("mnist", tmp_path, download=False)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(UserError, match="bad magic number"):
+        load_dataset("mnist", tmp_path, download=False)
+
+
+def test_svhn_reads_mat_like_torchvision(tmp_path, monkeypatch):
+    from torchvision.datasets import svhn
+
+    truth = write_svhn(tmp_path, train=9, test=4, seed=3)
+    data = load_dataset("svhn", tmp_path, download=False)
+    monkeypatch.setattr(svhn, "check_integrity", lambda path, md5=None: True)  # fabricated: no official MD5
+    ref = svhn.SVHN(str(tmp_path), split="train")
+    assert torch.equal(data.train_x, torch.from_numpy(ref.data)) and data.train_y.tolist() == ref.labels.tolist()
+    x, y = truth["test"]  # and from the format's definition: X[h, w, c, n], label 10 is the digit 0
+    assert int(data.test_x[2, 1, 5, 7]) == int(x[5, 7, 1, 2])
+    assert data.test_y.tolist() == [0 if v == 10 else int(v) for v in y[:, 0]]
+    assert data.image_size == (32, 32) and data.channels == 3
+    (tmp_path / "test_32x32.mat").write_bytes(b"not a mat file")
+    with pytest.raises(UserError, match="not an SVHN .mat file"):
+        load_dataset("svhn", tmp_path, download=False)

@@ -100,6 +100,12 @@ def test_presets_and_defaults():
     assert (dm.maps, dm.last_weight) == ((), 1.0)
     atom = match_weights(resolve(DistillConfig(method="atom", p_channel=2.0), 32), 3)
     assert (atom.maps, atom.last_weight) == ((("spatial", 4.0), ("channel", 2.0)), 0.01)
+    for preset in ("paper", "reference_code"):  # DM as its authors ran it, in every preset
+        dm_cfg = resolve(DistillConfig(method="dm", ipc=100, preset=preset), 32)
+        assert (dm_cfg.iterations, dm_cfg.batch_real, dm_cfg.lr_img, dm_cfg.loss_scale) == (20000, 256, 1.0, 1.0)
+    mine = resolve(DistillConfig(method="dm", ipc=100, iterations=5, loss_scale=100.0), 32)
+    assert (mine.iterations, mine.loss_scale, mine.batch_real) == (5, 100.0, 256)  # the user's values win
+    assert resolve(DistillConfig(method="dm"), 16, "digits").iterations == 300  # quick defaults too
     with pytest.raises(UserError, match="unknown method"):
         resolve(DistillConfig(method="mtt"), 32)
     with pytest.raises(UserError, match="unknown preset"):

@@ -180,7 +180,7 @@ def test_cli_nas_two_worker_processes(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--proxy", "missing/synset.pt"], "does not exist"),
     (["--proxy", "atom_ipc"], "neither a synset.pt path, a buffer named in buffers.yaml"),
-    (["--proxy", "atom_ipc10_mnist"], "unknown dataset 'mnist'"),
+    (["--proxy", "atom_ipc10_emnist"], "unknown dataset 'emnist'"),
     (["--proxy", "random_ipc2", "--storage", "postgresql://u:p@127.0.0.1:1/nas"], "cannot open the study storage"),
     (["--proxy", "random_ipc2_cifar10"], "proxy names dataset 'cifar10'"),
     ([], "give at least one --proxy"),

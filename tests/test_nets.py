@@ -55,6 +55,28 @@ def test_cross_architectures(arch, size, ch):
     feats, emb = net.forward_features(torch.randn(2, ch, *size))
     assert len(feats) >= 1 and emb.shape[0] == 2
     assert net.forward_head(emb).shape == (2, 7)
+    assert len(feats) == len(net.taps)  # every returned map is a named attention tap
+
+
+def test_attention_taps_are_explicit(digits_prep):
+    x = torch.randn(2, 3, 32, 32)
+    vgg = build_net("vgg11", 3, 10, (32, 32))
+    feats, _ = vgg.forward_features(x)
+    # every convolution's ReLU, as the DataDAM code hooks them: the VGG-11 configuration's widths
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 256, 512, 512, 512, 512]
+    assert all(bool((f >= 0).all()) for f in feats)  # post-ReLU
+    assert torch.allclose(vgg(x), vgg.forward_head(vgg.forward_features(x)[1]))
+    expected = {"convnet": 3, "alexnet": 5, "vgg11": 8, "resnet18": 4, "vit": 6}
+    assert {a: len(build_net(a, 3, 10, (32, 32)).taps) for a in expected} == expected
+    # distillation validates distill.layers against the taps: AlexNet's 4th conv is a valid layer
+    from distill.distiller import DistillConfig, NetConfig, distill, resolve
+
+    cfg = resolve(DistillConfig(method="datadam", ipc=1, iterations=1, layers=[4],
+                                net=NetConfig(arch="alexnet")), 16, "digits")
+    assert len(distill(digits_prep, cfg, progress=False).meta["losses"]) == 1
+    with pytest.raises(UserError, match="attention taps 1..5"):
+        distill(digits_prep, resolve(DistillConfig(method="datadam", ipc=1, iterations=1, layers=[6],
+                                                   net=NetConfig(arch="alexnet")), 16, "digits"), progress=False)
 
 
 @pytest.mark.parametrize("arch,norm", [("resnet18", "batchnorm"), ("vgg11", "batchnorm"), ("alexnet", "instancenorm")])

@@ -79,4 +79,4 @@ def load_dataset(name: str, root: str | Path = "data", resolution: int | None = 
     return replace(spec.load(Path(root), res, download), zca_default=spec.zca)
 
 
-import_modules(__name__, __path__, first=("cifar", "tinyimagenet", "imagefolder", "digits"))  # listing order
+import_modules(__name__, __path__, first=("cifar", "tinyimagenet", "imagefolder", "mnist", "digits"))  # listing order

@@ -9,7 +9,9 @@ adding a method is one new file (plus its test).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import choice_error
 from ..matching import ATTENTION_MAPS
@@ -24,6 +26,9 @@ class Method:
     last: bool = False  # also match the final embeddings' class means
     attention_weighted_last: bool = True  # last term weighted by lambda (False: DM, weight 1)
     paper: str = ""
+    # the method's own defaults, in every preset (its authors' settings where they differ from
+    # the preset's); a value the user gives still wins
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 METHODS: dict[str, Method] = {}

@@ -21,6 +21,7 @@ class AlexNet(StagedNet):
             stages.append(stage)
             cin = cout
         self._finish(stages, cin, spatial, num_classes)
+        self.taps = tuple(f"conv{i + 1}" for i in range(len(spec)))
 
 
 register_arch("alexnet", lambda cin, k, size, s: AlexNet(cin, k, size, norm=s.norm), default_norm="none")

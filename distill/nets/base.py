@@ -7,6 +7,10 @@ Every network has the same small interface (timm-style):
   maps (post-activation, pre-pooling), ``embedding`` the flattened input of the classifier.
   Matching losses read these directly: no forward hooks.
 - ``forward_head(embedding) -> logits`` and ``forward(x) -> logits``.
+- ``taps``: the names of the feature maps ``forward_features`` returns, in order: the layers
+  attention can be matched at (``distill.layers`` counts them from 1). ConvNet: every block;
+  AlexNet: every convolution; VGG-11: every convolution's ReLU (8, as the DataDAM code hooks
+  them); ResNet-18: every stage; ViT: every encoder layer.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Net(nn.Module):
     """Shared interface: features -> embedding -> head."""
 
     classifier: nn.Module
+    taps: tuple[str, ...] = ()
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:  # pragma: no cover
         raise NotImplementedError

@@ -54,6 +54,7 @@ class ConvNet(Net):
             spatial = block.out_spatial
             cin = width
         self.blocks = nn.ModuleList(blocks)
+        self.taps = tuple(f"block{d + 1}" for d in range(depth))
         self.embed_dim = width * spatial[0] * spatial[1]
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 

@@ -47,6 +47,7 @@ class ResNet18(Net):
             stages.append(nn.Sequential(b1, b2))
             cin = cout
         self.stages = nn.ModuleList(stages)
+        self.taps = tuple(f"stage{i + 1}" for i in range(len(stages)))
         self.embed_dim = 512
         self.classifier = nn.Linear(512, num_classes)
 

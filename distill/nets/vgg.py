@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch.nn as nn
+from torch import Tensor
 
 from .base import ConvNormAct, StagedNet, register_arch
 
@@ -32,6 +33,17 @@ class VGG11(StagedNet):
             current.append(layer)
             cin = int(v)
         self._finish(stages, cin, spatial, num_classes)
+        self.taps = tuple(f"conv{i + 1}" for i in range(sum(v != "M" for v in self.CFG)))
+
+    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Every convolution's ReLU output (8 maps), then the pooled, flattened embedding."""
+        feats = []
+        for stage in self.stages:
+            for layer in stage["layer"]:
+                x = layer(x)
+                feats.append(x)
+            x = stage["pool"](x)
+        return feats, x.flatten(1)
 
 
 register_arch("vgg11", lambda cin, k, size, s: VGG11(cin, k, size, norm=s.norm))

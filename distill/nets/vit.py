@@ -29,6 +29,7 @@ class ViT(Net):
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
+        self.taps = tuple(f"encoder{i + 1}" for i in range(depth))
         self.embed_dim = dim
         self.classifier = nn.Linear(dim, num_classes)
 
