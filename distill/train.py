@@ -34,9 +34,21 @@ from .errors import UserError, choice_error
 from .nets import NetSpec, has_batch_statistics, init_weights
 
 
-def lr_at(epoch: int, epochs: int, lr: float) -> float:
-    """Step schedule of the reference code: ``lr`` for the first half, ``lr / 10`` after."""
-    return lr if epoch < epochs // 2 else lr * 0.1
+SCHEDULES = ("half", "constant", "step15")
+
+
+def lr_at(epoch: int, epochs: int, lr: float, schedule: str = "half") -> float:
+    """The learning rate of an epoch (docs/protocols.md section 3). ``half``: ``lr`` for the
+    first half, ``lr / 10`` after (the DC / DM / DataDAM code; the default); ``constant``: ``lr``
+    throughout (the ATOM paper's text); ``step15``: halved every 15 epochs (StepLR(15, 0.5), the
+    ATOM paper's hyperparameter table)."""
+    if schedule == "half":
+        return lr if epoch < epochs // 2 else lr * 0.1
+    if schedule == "constant":
+        return lr
+    if schedule == "step15":
+        return lr * 0.5 ** (epoch // 15)
+    raise choice_error("schedule", schedule, SCHEDULES)
 
 
 @torch.no_grad()
@@ -110,6 +122,7 @@ class TrainRecipe:
     batch: int = 256
     dsa: str = augment.DEFAULT_STRATEGY  # "none": no augmentation
     init: str = "he"  # he | default
+    schedule: str = "half"  # half (x0.1 at half; DC/DM/DataDAM code) | constant | step15 (ATOM's table)
     ensemble: str = "auto"  # auto (ensembled on GPU where possible) | on | off
     compile: str = "auto"  # torch.compile the ensembled forward: auto (on CUDA) | on | off
     seed: int = 0
@@ -126,6 +139,8 @@ def check_recipe(cfg: TrainRecipe) -> None:
         raise choice_error("compile", cfg.compile, COMPILE_MODES)
     if cfg.models < 1:
         raise UserError(f"models must be at least 1, got {cfg.models}")
+    if cfg.schedule not in SCHEDULES:
+        raise choice_error("schedule", cfg.schedule, SCHEDULES)
     augment.parse_strategy(cfg.dsa)
 
 
@@ -281,7 +296,7 @@ def train_group(
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         for opt in opts:
             for g in opt.param_groups:
-                g["lr"] = lr_at(epoch, epochs, cfg.lr)
+                g["lr"] = lr_at(epoch, epochs, cfg.lr, cfg.schedule)
         order = torch.rand((n_models, n), generator=generator, device=dev).argsort(dim=1)
         for i in range(0, n, cfg.batch):
             if max_steps is not None and steps >= max_steps:

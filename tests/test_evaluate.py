@@ -43,6 +43,14 @@ def test_lr_schedule_steps_at_half():
     assert seen == [0.01, 0.01, pytest.approx(0.001), pytest.approx(0.001)]
 
 
+def test_the_other_lr_schedules():
+    assert [lr_at(e, 100, 0.01, "constant") for e in (0, 50, 99)] == [0.01] * 3
+    step = [lr_at(e, 100, 0.01, "step15") for e in (0, 14, 15, 29, 30, 99)]
+    assert step == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025, 0.01 / 2 ** 6])
+    with pytest.raises(UserError, match="unknown schedule 'cosine'"):
+        resolve_eval(TrainRecipe(schedule="cosine"), "digits")
+
+
 def test_test_set_goes_through_the_sets_own_preprocessing(digits, digits_prep):
     odd = Preprocess(mean=torch.tensor([0.9]), std=torch.tensor([0.1]))  # not the dataset's statistics
     s = _set(digits_prep)
