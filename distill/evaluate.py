@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -70,10 +70,13 @@ def eval_inputs(synset: SyntheticSet, data: ImageData) -> Tensor:
 
 @dataclass
 class ArchResult:
+    """Test accuracies of every network of one architecture (over every set evaluated)."""
+
     arch: str
     accuracies: list[float]
     seconds: float
     ensembled: bool
+    per_set: dict[str, float] = field(default_factory=dict)  # set label -> its networks' mean
 
     @property
     def mean(self) -> float:
@@ -85,8 +88,9 @@ class ArchResult:
         return float(math.sqrt(sum((a - m) ** 2 for a in self.accuracies) / len(self.accuracies)))
 
     def row(self) -> dict[str, Any]:
-        return {"arch": self.arch, "models": len(self.accuracies), "mean": self.mean, "std": self.std,
-                "seconds": self.seconds, "ensembled": self.ensembled, "accuracies": self.accuracies}
+        return {"arch": self.arch, "sets": max(1, len(self.per_set)), "models": len(self.accuracies),
+                "mean": self.mean, "std": self.std, "seconds": self.seconds, "ensembled": self.ensembled,
+                "accuracies": self.accuracies, "per_set": self.per_set}
 
 
 def resolve_eval(cfg: TrainRecipe, dataset: str | None = None) -> TrainRecipe:
@@ -104,9 +108,12 @@ def evaluate_set(
     cfg: TrainRecipe,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    set_index: int = 0,
 ) -> list[ArchResult]:
     """Train ``cfg.models`` networks per architecture on ``synset`` and test on ``(test_x,
-    test_y)`` (already in the set's input space, see :func:`eval_inputs`)."""
+    test_y)`` (already in the set's input space, see :func:`eval_inputs`). ``set_index``
+    (the set's place in a multi-set evaluation) offsets the networks' seeds, so that every set
+    gets its own networks; set 0 keeps the single-set seeds."""
     dev = torch.device(device)
     x = synset.images.to(dev)
     y = synset.labels.to(dev)
@@ -115,7 +122,7 @@ def evaluate_set(
     results = []
     for i, token in enumerate(cfg.archs):
         spec = parse_arch(token)
-        gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + i)
+        gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + i + 1_000_003 * set_index)
         ens = use_ensemble(cfg, spec, x.shape[1], synset.num_classes, size, dev, name=token)
         t0 = time.perf_counter()
         group = train_group(spec, cfg.models, x, y, synset.num_classes, cfg, gen, ens, progress,
@@ -125,3 +132,15 @@ def evaluate_set(
             torch.cuda.synchronize(dev)
         results.append(ArchResult(token, accs, time.perf_counter() - t0, ens))
     return results
+
+
+def combine_sets(per_set: dict[str, list[ArchResult]]) -> list[ArchResult]:
+    """The papers' protocol (docs/protocols.md section 3): several synthetic sets x N networks
+    each, reported as one mean +- std over every network; each set's own mean is kept."""
+    labels = list(per_set)
+    out = []
+    for j, first in enumerate(per_set[labels[0]]):
+        rows = [per_set[lb][j] for lb in labels]
+        out.append(ArchResult(first.arch, [a for r in rows for a in r.accuracies], sum(r.seconds for r in rows),
+                              all(r.ensembled for r in rows), {lb: r.mean for lb, r in zip(labels, rows)}))
+    return out

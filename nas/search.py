@@ -1,8 +1,9 @@
 """The search protocol (docs/protocols.md section 5), independent of the CLI and its cache.
 
 - :func:`check_space_fits`: every candidate of a space must fit the image size.
-- :func:`conditions`: the validation split and the whole-data condition; :func:`proxy_condition`
-  and :func:`early_condition` the other two.
+- :func:`holdout`: the validation split; :func:`without_validation`: the data proxies are
+  distilled from; :func:`whole_condition`, :func:`proxy_condition` and
+  :func:`early_condition`: the three training conditions.
 - :func:`train_all`: every candidate trained under one condition in an Optuna grid study, by
   this process or by ``workers`` spawned processes, waiting for other machines that share an
   RDB study; an interrupted study resumes.
@@ -18,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +72,22 @@ def load_whole_results(path: str, names: list[str]) -> dict[str, dict[str, Any]]
     return out
 
 
-def conditions(prep: Prepared, cfg: NASConfig) -> tuple[Condition, Tensor]:
-    """The whole-data condition (the training set minus a per-class validation split) and the
-    validation indices every condition ranks on."""
+def holdout(data: ImageData, cfg: NASConfig) -> tuple[Tensor, Tensor]:
+    """``(train_idx, val_idx)``: the per-class validation split every condition ranks on."""
+    return val_split(data.train_y, data.num_classes, cfg.val_fraction, cfg.val_seed)
+
+
+def without_validation(data: ImageData, train_idx: Tensor) -> ImageData:
+    """The training set without the validation images: what proxies are distilled from, so that
+    no image that ranks the candidates has shaped the proxy (docs/protocols.md section 5)."""
+    return replace(data, train_x=data.train_x[train_idx], train_y=data.train_y[train_idx])
+
+
+def whole_condition(prep: Prepared, cfg: NASConfig, train_idx: Tensor, val_idx: Tensor) -> Condition:
+    """The whole-data condition: the training set minus the validation split."""
     data = prep.data
-    train_idx, val_idx = val_split(data.train_y, data.num_classes, cfg.val_fraction, cfg.val_seed)
-    whole = Condition("whole", prep.train_x[train_idx], data.train_y[train_idx], prep.train_x[val_idx],
-                      data.train_y[val_idx], prep.test_x, data.test_y, data.num_classes, int(cfg.whole_epochs or 100))
-    return whole, val_idx
+    return Condition("whole", prep.train_x[train_idx], data.train_y[train_idx], prep.train_x[val_idx],
+                     data.train_y[val_idx], prep.test_x, data.test_y, data.num_classes, int(cfg.whole_epochs or 100))
 
 
 def proxy_condition(synset: SyntheticSet, test_x: Tensor, data: ImageData, val_idx: Tensor,

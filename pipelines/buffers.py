@@ -34,8 +34,10 @@ class BufferMaker:
     """Makes (or reuses) buffers of one dataset; the dataset is prepared once, on first need."""
 
     def __init__(self, data_cfg: DataConfig, data: ImageData, device: torch.device,
-                 root: str | Path, force: bool = False, progress: bool = True):
-        self.data_cfg, self.data, self.device = data_cfg, data, device
+                 root: str | Path, force: bool = False, progress: bool = True, holdout: list[float] | None = None):
+        """``holdout``: ``data`` is the training set without a validation split made with these
+        ``[fraction, seed]`` (NAS proxies); it is part of every key."""
+        self.data_cfg, self.data, self.device, self.holdout = data_cfg, data, device, holdout
         self.root, self.force, self.progress = Path(root), force, progress
         self._prep: Prepared | None = None
         self._made: set[str] = set()  # keys made in this run (--force recomputes each once)
@@ -51,8 +53,11 @@ class BufferMaker:
         return resolve(DistillConfig.of(method, ipc, settings), self.data.image_size[0], self.data.name)
 
     def artifact(self, cfg: DistillConfig) -> Artifact:
+        data_id = self.data_cfg.identity(self.data)
+        if self.holdout is not None:
+            data_id["holdout"] = list(self.holdout)
         return Artifact(self.root, "buffers", f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}",
-                        buffer_key_config(self.data_cfg.identity(self.data), cfg), "synset.pt")
+                        buffer_key_config(data_id, cfg), "synset.pt")
 
     def get(self, cfg: DistillConfig) -> tuple[SyntheticSet, Path, bool]:
         """``(set, path, reused)`` for a resolved config: the cached file, or a new distillation
@@ -68,6 +73,8 @@ class BufferMaker:
         synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress)
         synset.meta["data_config"] = to_dict(self.data_cfg)
         synset.meta["artifact_key"] = art.key
+        if self.holdout is not None:  # source_indices then index the training set without the split
+            synset.meta["holdout"] = list(self.holdout)
         synset.save(art.result_path)
         synset.save_grid(folder / "grid.png")
         ckpt.unlink(missing_ok=True)

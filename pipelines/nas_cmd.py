@@ -73,7 +73,8 @@ def run_study(label: str, cond: Any, key: dict[str, Any], cfg: NASConfig, cache:
 
 def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     from nas.report import scatter, summary_row
-    from nas.search import check_space_fits, conditions, early_condition, load_whole_results, proxy_condition
+    from nas.search import (check_space_fits, early_condition, holdout, load_whole_results, proxy_condition,
+                            whole_condition, without_validation)
 
     specs = [s.strip() for s in (args.proxy or "").split(",") if s.strip()]
     if not specs:
@@ -104,7 +105,10 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
 
     # proxies first: a missing file or a set from another dataset fails before any training
     proxies: dict[str, tuple[SyntheticSet, str, Any]] = {}  # set, identity, test images in its space
-    maker = BufferMaker(job.dataset, data, device, args.cache, args.force, progress=not args.quiet)
+    train_idx, val_idx = holdout(data, cfg)
+    # proxies made here are distilled without the validation images (the key records the split)
+    maker = BufferMaker(job.dataset, without_validation(data, train_idx), device, args.cache, args.force,
+                        progress=not args.quiet, holdout=[cfg.val_fraction, cfg.val_seed])
     for spec, p in parsed.items():
         if p is None:
             synset = SyntheticSet.load(spec)
@@ -119,7 +123,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     prep = prepare(data, job.dataset.zca, "cpu")
     base = {"dataset": job.dataset.identity(data), "space": cfg.space, "val": [cfg.val_fraction, cfg.val_seed],
             "recipe": [cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch, cfg.dsa, cfg.init], "seed": cfg.seed}
-    whole_cond, val_idx = conditions(prep, cfg)
+    whole_cond = whole_condition(prep, cfg, train_idx, val_idx)
     if cfg.whole_results:
         whole = load_whole_results(cfg.whole_results, names)
     else:

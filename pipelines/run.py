@@ -25,7 +25,7 @@ from distill.config import to_dict
 from distill.datasets import DATASETS
 from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
 from distill.errors import UserError
-from distill.evaluate import ALL_ARCHS, evaluate_set, resolve_eval, eval_inputs
+from distill.evaluate import ALL_ARCHS, combine_sets, eval_inputs, evaluate_set, resolve_eval
 from distill.train import TrainRecipe
 from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS, get_method
@@ -33,7 +33,7 @@ from distill.synset import SyntheticSet, library_versions
 from pipelines import continual_cmd, nas_cmd, scaleout
 from pipelines.artifacts import list_artifacts
 from pipelines.buffers import BufferMaker
-from pipelines.registry import BUFFERS_FILE, dataset_base, lookup, registry
+from pipelines.registry import BUFFERS_FILE, dataset_base, file_label, lookup, registry
 from pipelines.common import DataConfig, RunContext, Tee, build_config, pick_device, write_yaml
 
 
@@ -130,7 +130,16 @@ class EvaluateJob:
 
 
 def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
-    synset = SyntheticSet.load(args.synset)
+    files = [s.strip() for s in args.synset.split(",") if s.strip()]
+    if not files:
+        raise UserError("--synset needs at least one synset.pt path")
+    labels = [file_label(f) for f in files]
+    if len(set(labels)) < len(labels):  # two files called alike: label them by path
+        labels = files
+    if len(set(labels)) < len(labels):
+        raise UserError(f"--synset names a file twice: {args.synset}")
+    sets = [SyntheticSet.load(f) for f in files]  # every file is checked before any training
+    synset = sets[0]
     job: EvaluateJob = build_config(EvaluateJob, args, {
         "dataset.name": args.dataset or synset.meta.get("dataset"), "dataset.root": args.data_root,
         "eval.models": args.models, "eval.epochs": args.epochs, "eval.seed": args.seed,
@@ -139,16 +148,19 @@ def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
     device = pick_device(args.device)
     cfg = resolve_eval(job.eval, job.dataset.name)
     data = job.dataset.load(synset.image_shape[1])  # the real data at the set's size
-    test_x = eval_inputs(synset, data)
-    out = Path(args.out) if args.out else Path(args.synset).parent
-    print(f"evaluating {args.synset} ({synset.meta.get('method', '?')}, ipc {synset.ipc}, "
-          f"{len(synset.labels)} images) on {data.name} test ({len(data.test_y)} images): "
-          f"{cfg.models} models x {len(cfg.archs)} architectures, {cfg.epochs} epochs, on {device}")
-    results = evaluate_set(synset, test_x, data.test_y, cfg, device, progress=not args.quiet)
+    test_xs = [eval_inputs(s, data) for s in sets]
+    out = Path(args.out) if args.out else Path(files[0]).parent
+    print(f"evaluating {', '.join(files)} ({synset.meta.get('method', '?')}, ipc {synset.ipc}, "
+          f"{len(synset.labels)} images{f', {len(sets)} sets' if len(sets) > 1 else ''}) on {data.name} test "
+          f"({len(data.test_y)} images): {cfg.models} models x {len(cfg.archs)} architectures"
+          f"{f' x {len(sets)} sets' if len(sets) > 1 else ''}, {cfg.epochs} epochs, on {device}")
+    results = combine_sets({lb: evaluate_set(s, tx, data.test_y, cfg, device, progress=not args.quiet, set_index=i)
+                            for i, (lb, s, tx) in enumerate(zip(labels, sets, test_xs))})
     rows = [{**r.row(), "accuracy": pct(r.mean, r.std)} for r in results]
-    columns = ["arch", "models", "accuracy", "seconds", "ensembled"]
+    columns = ["arch", "models", "sets", "accuracy", "seconds", "ensembled"]
     paths = write_tables(rows, columns, out, "evaluation",
-                         extra={"synset": str(args.synset), "dataset": data.name, "device": str(device),
+                         extra={"synset": files if len(files) > 1 else files[0], "dataset": data.name,
+                                "device": str(device),
                                 "config": to_dict(cfg), "versions": library_versions()})
     print("\n" + markdown_table(rows, columns))
     print(f"\n  results: {paths['md']}, {paths['csv'].name}, {paths['json'].name}")
@@ -243,7 +255,9 @@ def make_parser() -> argparse.ArgumentParser:
                                    "(SGD 0.01, momentum 0.9, wd 5e-4, batch 256, LR x0.1 at half, DSA) and "
                                    "test on the real test set, preprocessed with the set's own stored "
                                    "transform. Writes evaluation.{md,csv,json} next to the set (or --out).")
-    v.add_argument("--synset", required=True, help="path of a synset.pt file")
+    v.add_argument("--synset", required=True,
+                   help="a synset.pt path, or several, comma-separated (e.g. one per distillation seed): "
+                        "the papers' protocol, one mean +- std over every network of every set")
     v.add_argument("--models", type=int, help="networks per architecture (default 5; papers 20)")
     v.add_argument("--arch", help="comma-separated: convnet, alexnet, vgg11, resnet18, vit, a norm variant "
                                   "like resnet18-batchnorm, or all (= " + ", ".join(ALL_ARCHS) + ")")

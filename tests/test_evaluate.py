@@ -125,3 +125,36 @@ def test_cli_evaluate_writes_tables(tmp_path, digits_prep, capsys):
     assert (tmp_path / "evaluation.csv").is_file() and (tmp_path / "evaluation.json").is_file()
     code = main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--arch", "lenet", "--quiet"])
     assert code == 2 and "unknown architecture" in capsys.readouterr().err
+
+
+def test_combine_sets_is_one_mean_over_every_network():
+    from distill.evaluate import ArchResult, combine_sets
+
+    a = [ArchResult("convnet", [0.5, 0.7], 1.0, True)]
+    b = [ArchResult("convnet", [0.9, 0.9], 2.0, False)]
+    (r,) = combine_sets({"a": a, "b": b})
+    assert r.accuracies == [0.5, 0.7, 0.9, 0.9] and r.mean == pytest.approx(0.75)
+    assert r.std == pytest.approx((((0.25 ** 2) + (0.05 ** 2) + 2 * (0.15 ** 2)) / 4) ** 0.5)
+    assert r.per_set == {"a": pytest.approx(0.6), "b": pytest.approx(0.9)} and r.seconds == 3.0
+    assert not r.ensembled and r.row()["sets"] == 2
+
+
+def test_cli_evaluates_several_sets_as_the_papers_do(tmp_path, digits_prep, capsys):
+    import json
+
+    for name, ipc in (("a", 3), ("b", 2)):
+        (tmp_path / name).mkdir()
+        _set(digits_prep, ipc=ipc).save(tmp_path / name / "synset.pt")
+    common = ["--models", "2", "--epochs", "2", "--quiet"]
+    assert main(["evaluate", "--synset", f"{tmp_path}/a/synset.pt,{tmp_path}/b/synset.pt", *common,
+                 "--out", str(tmp_path / "both")]) == 0
+    row = json.loads((tmp_path / "both" / "evaluation.json").read_text())["rows"][0]
+    assert (row["sets"], row["models"], set(row["per_set"])) == (2, 4, {"a", "b"})
+    assert row["mean"] == pytest.approx(sum(row["accuracies"]) / 4)
+    # set 0 is trained exactly as when it is evaluated alone; set 1 gets its own networks
+    assert main(["evaluate", "--synset", f"{tmp_path}/a/synset.pt", *common, "--out", str(tmp_path / "one")]) == 0
+    alone = json.loads((tmp_path / "one" / "evaluation.json").read_text())["rows"][0]
+    assert row["accuracies"][:2] == alone["accuracies"] and row["per_set"]["a"] == pytest.approx(alone["mean"])
+    capsys.readouterr()
+    assert main(["evaluate", "--synset", f"{tmp_path}/a/synset.pt,{tmp_path}/a/synset.pt", *common]) == 2
+    assert "names a file twice" in capsys.readouterr().err

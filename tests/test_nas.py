@@ -150,6 +150,23 @@ def _nas(tmp_path, *extra):
             "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--quiet", *extra]
 
 
+def test_nas_proxies_are_made_without_the_validation_images(tmp_path):
+    from distill.datasets import load_dataset
+    from distill.synset import SyntheticSet
+    from nas.config import NASConfig, resolve_nas
+    from nas.search import holdout
+
+    assert main(_nas(tmp_path, "--proxy", "random_ipc3", "--set", "nas.early_stopping=false")) == 0
+    (path,) = (tmp_path / "cache" / "buffers").glob("*/synset.pt")
+    s = SyntheticSet.load(path)
+    data = load_dataset("digits", resolution=s.image_shape[1])
+    train_idx, val_idx = holdout(data, resolve_nas(NASConfig(), "digits"))
+    picked = train_idx[torch.tensor(s.meta["source_indices"])]  # positions in the split -> dataset indices
+    assert not set(picked.tolist()) & set(val_idx.tolist()) and s.meta["holdout"] == [0.1, 0]
+    assert torch.allclose(s.images, s.preprocess(data.train_x[picked]), atol=1e-6)
+    assert torch.equal(s.labels, data.train_y[picked])
+
+
 def test_cli_nas_end_to_end_cached_and_imported_ground_truth(tmp_path, capsys):
     assert main(_nas(tmp_path, "--proxy", "random_ipc2")) == 0
     blob = json.loads((tmp_path / "run" / "nas.json").read_text())
