@@ -48,7 +48,7 @@ class CellResult:
 
 
 def run_memory(
-    synset: SyntheticSet,
+    memory: SyntheticSet | Callable[[int], SyntheticSet],
     test_x: Tensor,
     test_y: Tensor,
     benchmarks: dict[int, Any],
@@ -59,31 +59,39 @@ def run_memory(
     progress: Any = None,
 ) -> dict[str, CellResult]:
     """Run the protocol for one memory over every class order in ``benchmarks`` (order seed ->
-    Avalanche benchmark). ``test_x`` is the whole real test set in the set's input space.
-    Cells in ``done`` are kept, not recomputed; ``on_cell`` sees each new cell."""
+    Avalanche benchmark). ``memory`` is one set for every order, or a function giving the set of
+    an order (coreset memories built step by step, ``continual.baselines``), called only for
+    orders with cells left to run. ``test_x`` is the whole real test set in the sets' input
+    space. Cells in ``done`` are kept, not recomputed; ``on_cell`` sees each new cell."""
     dev = torch.device(device)
     spec = parse_arch(cfg.archs[0])
-    k = synset.num_classes
     test_x, test_y = test_x.to(dev), test_y.to(dev)
-    size = (synset.images.shape[2], synset.images.shape[3])
-    ens = use_ensemble(replace(cfg, models=int(cfg.models or 1)), spec, synset.images.shape[1], k, size, dev)
+    set_for = memory if callable(memory) else (lambda _order: memory)
     results = dict(done or {})
-    memory = SyntheticMemory(synset, cfg.ipc, device=dev)
+    ens = None
     for order in cfg.orders or []:
-        for exp in benchmarks[order].train_stream:
+        stream = list(benchmarks[order].train_stream)
+        if all(f"{order}/{int(exp.current_experience)}" in results for exp in stream):
+            continue
+        synset = set_for(order)
+        k, size = synset.num_classes, (synset.images.shape[2], synset.images.shape[3])
+        if ens is None:
+            ens = use_ensemble(replace(cfg, models=int(cfg.models or 1)), spec, synset.images.shape[1], k, size, dev)
+        buffers = SyntheticMemory(synset, cfg.ipc, device=dev)
+        for exp in stream:
             step = int(exp.current_experience)
             key = f"{order}/{step}"
             if key in results:
                 continue
             t0 = time.perf_counter()
-            memory.post_adapt(None, exp)
-            x, y = memory.tensors
+            buffers.post_adapt(None, exp)
+            x, y = buffers.tensors
             gen = torch.Generator(device=dev).manual_seed(cell_seed(cfg.seed, order, step))
             group = train_group(spec, int(cfg.models or 1), x, y, k, cfg, gen, ens)
-            seen = torch.tensor(memory.classes, device=dev)
+            seen = torch.tensor(buffers.classes, device=dev)
             mask = torch.isin(test_y, seen)
             accs = group.accuracies(test_x[mask], test_y[mask])
-            cell = CellResult(order, step, len(memory.classes), accs, time.perf_counter() - t0)
+            cell = CellResult(order, step, len(buffers.classes), accs, time.perf_counter() - t0)
             results[key] = cell
             if on_cell:
                 on_cell(cell)

@@ -58,11 +58,13 @@ SELECTORS = {"herding": herding, "kcenter": kcenter}
 
 
 def select_per_class(labels: Tensor, num_classes: int, ipc: int, method: str,
-                     emb: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """Dataset indices of ``ipc`` selected images per class, class-major."""
+                     emb: Tensor | None = None, generator: torch.Generator | None = None,
+                     classes: list[int] | None = None) -> Tensor:
+    """Dataset indices of ``ipc`` selected images per class, class-major (over ``classes``,
+    default every class ``0..num_classes-1``, in that order)."""
     labels = labels.cpu()
     picks = []
-    for c in range(num_classes):
+    for c in range(num_classes) if classes is None else classes:
         idx = torch.nonzero(labels == c).flatten()
         if method == "random":
             local = random_subset(len(idx), ipc, generator)

@@ -208,7 +208,8 @@ def _labels(k: int, ipc: int, device: torch.device | str) -> Tensor:
     return torch.arange(k, device=device).repeat_interleave(ipc)
 
 
-def _make_set(prep: Prepared, images: Tensor, cfg: DistillConfig, extra: dict[str, Any]) -> SyntheticSet:
+def make_set(prep: Prepared, images: Tensor, cfg: DistillConfig, extra: dict[str, Any]) -> SyntheticSet:
+    """A SyntheticSet of class-major ``images`` (``cfg.ipc`` per class) with the run's metadata."""
     meta = {"dataset": prep.data.name, "method": cfg.method, "ipc": cfg.ipc, "seed": cfg.seed,
             "image_size": list(prep.data.image_size), "config": to_dict(cfg), **extra}
     return SyntheticSet(images=images.detach().cpu(), labels=_labels(prep.num_classes, cfg.ipc, "cpu"),
@@ -226,7 +227,7 @@ def select(prep: Prepared, cfg: DistillConfig, progress: bool = False) -> Synthe
     cpu_gen = torch.Generator().manual_seed(cfg.seed)
     idx = coreset.select_per_class(prep.data.train_y, prep.num_classes, cfg.ipc, cfg.method, emb, cpu_gen)
     images = prep.train_x[idx.to(prep.train_x.device)]
-    return _make_set(prep, images, cfg, {"iterations": 0, "seconds": time.perf_counter() - t0,
+    return make_set(prep, images, cfg, {"iterations": 0, "seconds": time.perf_counter() - t0,
                                          "source_indices": idx.tolist()})
 
 
@@ -440,7 +441,7 @@ def distill(
                 on_eval(done, acc)
     flush()
     seconds = time.perf_counter() - t0
-    return _make_set(prep, syn, cfg, {"iterations": cfg.iterations, "seconds": seconds,
+    return make_set(prep, syn, cfg, {"iterations": cfg.iterations, "seconds": seconds,
                                       "losses": losses[-1000:], "final_loss": losses[-1] if losses else math.nan})
 
 

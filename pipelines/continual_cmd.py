@@ -19,14 +19,14 @@ from typing import Any
 from continual.config import ContinualConfig, resolve_continual
 from distill.config import to_dict
 from distill.datasets import quick_defaults
-from distill.distiller import DistillSettings
+from distill.distiller import DistillSettings, check_ipc
 from distill.files import atomic_text
 from distill.methods import METHODS, get_method
 from distill.report import publish
 from distill.synset import SyntheticSet, library_versions
 
-from .artifacts import Artifact, file_digest
-from .buffers import BufferMaker
+from .artifacts import Artifact, config_key, file_digest
+from .buffers import BufferMaker, buffer_key_config
 from .common import DataConfig, build_config, RunContext, pick_device, write_yaml
 from .registry import file_label, is_path
 
@@ -49,6 +49,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
 
     with warnings.catch_warnings():  # avalanche warns at import that GEM has no QP solver
         warnings.filterwarnings("ignore", message="no QP solver")
+        from continual.baselines import STEPWISE, stepwise_coreset
         from continual.memory import check_memory
         from continual.protocol import benchmarks_for, cell_from_dict, cell_to_dict, run_memory, step_stats
         from continual.report import plot_curves, step_rows, tensorboard_log
@@ -78,14 +79,27 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
           f"ipc {cfg.ipc}, {cfg.models} model(s) x {len(cfg.orders or [])} class orders, {cfg.epochs} epochs, "
           f"memories {', '.join(specs)}, on {device} -> {out}")
 
-    # 1. memories: files first (cheap checks), then cached or newly distilled ones
-    memories: dict[str, tuple[SyntheticSet, str]] = {}
+    # 1. memories: files first (cheap checks), then coresets built per class order and step
+    #    (continual.baselines: no image of a later step is used), then cached or new distilled sets
+    memories: dict[str, tuple[Any, str]] = {}
     for spec in files:
         synset = SyntheticSet.load(spec)
         check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
         memories[file_label(spec)] = (synset, "file:" + file_digest(spec))
     maker = BufferMaker(job.dataset, data, device, args.cache, args.force, progress=not args.quiet)
-    for spec in [s for s in specs if s not in files]:
+    for spec in [s for s in specs if s not in files and s in STEPWISE]:
+        dcfg = maker.resolve(spec, cfg.ipc, job.distill)
+        check_ipc(data, cfg.ipc)
+
+        def per_order(order: int, method: str = spec, dcfg: Any = dcfg) -> SyntheticSet:
+            synset = stepwise_coreset(maker.prep, method, order, cfg.steps, dcfg)
+            check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {method}")
+            return synset
+
+        key = config_key({**buffer_key_config(job.dataset.identity(data), dcfg), "steps": cfg.steps})
+        print(f"  memory {spec}: chosen per class order and step (no later data), key {key}")
+        memories[spec] = (per_order, "stepwise:" + key)
+    for spec in [s for s in specs if s not in files and s not in STEPWISE]:
         dcfg = maker.resolve(spec, cfg.ipc, job.distill)
         synset, path, reused = maker.get(dcfg)
         print(f"  memory {spec}: {'reused' if reused else 'made'} {path}")
@@ -99,7 +113,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
     total = len(ordered) * len(cfg.orders or []) * cfg.steps
     bar = tqdm(total=total, desc="continual", disable=args.quiet, dynamic_ncols=True)
     all_cells: dict[str, dict[str, Any]] = {}
-    for name, (synset, identity) in ordered.items():
+    for name, (memory, identity) in ordered.items():
         art = Artifact(Path(args.cache), "continual", f"{data.name}_{name}_{cfg.steps}steps",
                        {"memory": identity, "dataset": job.dataset.identity(data), "protocol": proto},
                        "cells.json")
@@ -121,8 +135,8 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
             done[cell.key()] = cell
             atomic_text(path, dump(done))
 
-        test_x = synset.preprocess(data.test_x)
-        cells = run_memory(synset, test_x, data.test_y, benchmarks, cfg, device, done, save, bar)
+        test_x = maker.prep.preprocess(data.test_x) if callable(memory) else memory.preprocess(data.test_x)
+        cells = run_memory(memory, test_x, data.test_y, benchmarks, cfg, device, done, save, bar)
         if not art.complete and wanted <= set(cells):
             atomic_text(art.result_path, dump(cells))
             partial.unlink(missing_ok=True)

@@ -189,8 +189,8 @@ def test_avalanche_gdumb_and_replay_plugins_use_the_memory(digits8, memory_set):
 def test_cli_continual_digits_end_to_end_and_cached(tmp_path, memory_set, capsys):
     memory_set.save(tmp_path / "rand4.pt")
     argv = ["continual", "--dataset", "digits", "--steps", "5", "--ipc", "4", "--orders", "0,1",
-            "--epochs", "2", "--memories", f"random,{tmp_path / 'rand4.pt'}", "--cache", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "run"), "--quiet"]
+            "--epochs", "2", "--memories", f"dm,{tmp_path / 'rand4.pt'}", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "run"), "--quiet", "--set", "distill.iterations=3"]
     assert main(argv) == 0
     out = tmp_path / "run"
     for name in ("continual.md", "continual.csv", "continual.json", "continual.png", "config.yaml"):
@@ -198,16 +198,57 @@ def test_cli_continual_digits_end_to_end_and_cached(tmp_path, memory_set, capsys
     table = (out / "continual.md").read_text()
     assert "| memory | 2 | 4 | 6 | 8 | 10 | final |" in table and "| rand4 |" in table
     rows = json.loads((out / "continual.json").read_text())["rows"]
-    assert [r["memory"] for r in rows] == ["random", "rand4"]
+    assert [r["memory"] for r in rows] == ["dm", "rand4"]
     assert all(len(r["cells"]) == 10 and len(r["steps"]) == 5 for r in rows)
     cells = sorted((tmp_path / "cache" / "continual").glob("*/cells.json"))
     assert len(cells) == 2 and not list((tmp_path / "cache" / "continual").glob("*/cells.partial.json"))
     stamps = [c.stat().st_mtime_ns for c in cells]
     capsys.readouterr()
     assert main(argv) == 0  # the second run reuses the memory and every cell
-    assert "memory random: reused" in capsys.readouterr().out
+    assert "memory dm: reused" in capsys.readouterr().out
     assert [c.stat().st_mtime_ns for c in cells] == stamps
     assert json.loads((out / "continual.json").read_text())["rows"] == rows
+
+
+def test_coreset_memories_use_only_the_data_of_their_step(digits8):
+    from dataclasses import replace
+
+    from continual.baselines import stepwise_coreset
+    from continual.benchmark import dm_class_order, step_classes
+    from distill.distiller import DistillConfig, prepare, resolve
+
+    steps = step_classes(dm_class_order(0, 10), 5)
+    later = torch.isin(digits8.train_y, torch.tensor(steps[-1]))
+    # the last step's images replaced by noise: no earlier step's choice may change
+    noisy_x = digits8.train_x.clone()
+    noisy_x[later] = torch.randint(0, 256, noisy_x[later].shape, generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8)
+    noisy = replace(digits8, train_x=noisy_x)
+    for method in ("herding", "kcenter", "random"):
+        cfg = resolve(DistillConfig(method=method, ipc=3, embed_epochs=2), 8, "digits")
+        a = stepwise_coreset(prepare(digits8), method, 0, 5, cfg)
+        b = stepwise_coreset(prepare(noisy), method, 0, 5, cfg)
+        early = [c for s in steps[:-1] for c in s]
+        pick = lambda s: torch.tensor(s.meta["source_indices"]).view(10, 3)[early]  # noqa: E731
+        assert torch.equal(pick(a), pick(b)), method
+        assert torch.equal(digits8.train_y[torch.tensor(a.meta["source_indices"])], a.labels)
+    other = stepwise_coreset(prepare(digits8), "random", 1, 5, cfg)  # random: a draw per class order
+    assert other.meta["source_indices"] != a.meta["source_indices"]
+    assert stepwise_coreset(prepare(digits8), "random", 0, 5, cfg).meta["source_indices"] == a.meta["source_indices"]
+
+
+def test_cli_stepwise_memory_cells_are_cached(tmp_path, capsys, monkeypatch):
+    import continual.baselines as baselines
+
+    argv = ["continual", "--dataset", "digits", "--steps", "2", "--ipc", "2", "--orders", "0,1", "--epochs", "1",
+            "--memories", "herding", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--quiet",
+            "--set", "distill.embed_epochs=1"]
+    made = []
+    real = baselines.stepwise_coreset
+    monkeypatch.setattr(baselines, "stepwise_coreset", lambda *a: made.append(a[2]) or real(*a))
+    assert main(argv) == 0 and made == [0, 1]  # one memory per class order
+    assert main(argv) == 0 and made == [0, 1]  # every cell cached: no memory built again
+    assert "chosen per class order and step" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
