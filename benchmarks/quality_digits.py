@@ -58,7 +58,11 @@ def main() -> None:
     ap.add_argument("--models", type=int, default=10, help="evaluation networks per set (default 10)")
     ap.add_argument("--epochs", type=int, default=None, help="evaluation epochs (default: digits 300)")
     ap.add_argument("--iterations", type=int, default=None, help="distillation iterations (default: digits 300)")
-    ap.add_argument("--resolution", type=int, default=8, help="digits resolution (default 8, native)")
+    ap.add_argument("--resolution", type=int, default=None, help="digits resolution (default 8, native)")
+    ap.add_argument("--dataset", default="digits",
+                    help="digits (default) or another offline dataset, e.g. fashionmnist with "
+                         "--data-root /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)")
+    ap.add_argument("--data-root", default="data", help="data folder for --dataset (default: data)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--eval-init", default="he",
                     help="comma-separated evaluation initialisations, each a column: he (the papers' text, "
@@ -71,12 +75,13 @@ def main() -> None:
         sys.exit(f"error: unknown method {bad[0]!r}; allowed: {', '.join(VARIANTS)}")
     dev = torch.device(args.device)
 
-    data = load_dataset("digits", resolution=args.resolution)
+    res = args.resolution or (8 if args.dataset == "digits" else None)
+    data = load_dataset(args.dataset, args.data_root, resolution=res, download=False)
     prep = prepare(data, device=dev)
     inits = [i.strip() for i in args.eval_init.split(",") if i.strip()]
-    ecfgs = {i: resolve_eval(TrainRecipe(models=args.models, epochs=args.epochs, init=i), "digits") for i in inits}
+    ecfgs = {i: resolve_eval(TrainRecipe(models=args.models, epochs=args.epochs, init=i), data.name) for i in inits}
     ecfg = ecfgs[inits[0]]
-    print(f"digits {args.resolution}x{args.resolution}: {len(data.train_y)} train / {len(data.test_y)} test; "
+    print(f"{data.name} {data.image_size[0]}x{data.image_size[1]}: {len(data.train_y)} train / {len(data.test_y)} test; "
           f"device {dev} ({platform.machine()}); torch {torch.__version__}; "
           f"{ecfg.models} ConvNets x {ecfg.epochs} epochs per set\n", flush=True)
     rows = []
@@ -85,7 +90,7 @@ def main() -> None:
         for name in names:
             method, overrides = VARIANTS[name]
             cfg = resolve(DistillConfig(method=method, ipc=ipc, iterations=args.iterations, **overrides),
-                          args.resolution, "digits")
+                          data.image_size[0], data.name)
             t0 = time.perf_counter()
             synset = distill(prep, cfg, progress=False)
             t_distill = time.perf_counter() - t0

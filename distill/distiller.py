@@ -30,7 +30,7 @@ from . import augment, coreset
 from .config import to_dict
 from .data import ClassIndex, ImageData
 from .datasets import quick_defaults
-from .errors import UserError, choice_error
+from .errors import UserError, check_range, choice_error
 from .matching import ATTENTION_MAPS, MatchWeights, class_statistics, concat_statistics, statistics_loss
 from .methods import get_method
 from .nets import INITS, NetSpec, has_batch_statistics, init_weights
@@ -142,8 +142,15 @@ def resolve(cfg: DistillConfig, image_size: int, dataset: str | None = None) -> 
         raise choice_error("compile", cfg.compile, COMPILE_MODES)
     out = replace(cfg, method=method.name, net=net,
                   **{k: v for k, v in defaults.items() if "." not in k and getattr(cfg, k) is None})
-    if out.iterations < 0 or out.batch_real < 1:
-        raise UserError("iterations must be >= 0 and batch_real >= 1")
+    for name, low, low_open in (("iterations", 0, False), ("batch_real", 1, False), ("lr_img", 0, True),
+                                 ("momentum", 0, False), ("lam", 0, False), ("loss_scale", 0, True),
+                                 ("p_spatial", 0, True), ("p_channel", 0, True), ("chunk", 1, False),
+                                 ("syn_chunk", 1, False), ("embed_epochs", 1, False), ("checkpoint_every", 0, False),
+                                 ("eval_every", 0, False), ("eval_epochs", 1, False)):
+        check_range(f"distill.{name}", getattr(out, name), low, low_open=low_open,
+                    high=1 if name == "momentum" else None, high_open=name == "momentum")
+    check_range("distill.net.width", out.net.width, 1)
+    check_range("distill.net.depth", out.net.depth, 1)
     return out
 
 

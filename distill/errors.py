@@ -27,3 +27,17 @@ def choice_error(what: str, value: object, allowed: Iterable[object]) -> UserErr
     """Build the standard "unknown X 'v'; allowed: a, b, c" error."""
     allowed_s = ", ".join(str(a) for a in allowed)
     return UserError(f"unknown {what} {value!r}; allowed: {allowed_s}")
+
+
+def check_range(name: str, value: float | int | None, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Reject a number outside ``[low, high]`` (``low_open`` / ``high_open``: the bound itself is
+    excluded), NaN or infinite; ``None`` (a default still to be filled) passes."""
+    if value is None:
+        return
+    if value != value or value in (float("inf"), float("-inf")):
+        raise UserError(f"{name} must be a finite number, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise UserError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise UserError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {value}")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import augment
-from .errors import UserError, choice_error
+from .errors import UserError, check_range, choice_error
 from .nets import NetSpec, has_batch_statistics, init_weights
 
 
@@ -141,6 +141,11 @@ def check_recipe(cfg: TrainRecipe) -> None:
         raise UserError(f"models must be at least 1, got {cfg.models}")
     if cfg.schedule not in SCHEDULES:
         raise choice_error("schedule", cfg.schedule, SCHEDULES)
+    check_range("epochs", cfg.epochs, 1)
+    check_range("lr", cfg.lr, 0, low_open=True)
+    check_range("momentum", cfg.momentum, 0, 1, high_open=True)
+    check_range("weight_decay", cfg.weight_decay, 0)
+    check_range("batch", cfg.batch, 1)
     augment.parse_strategy(cfg.dsa)
 
 
@@ -290,7 +295,7 @@ def train_group(
             if ensemble else
             [torch.optim.SGD(n.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
              for n in nets])
-    epochs = int(cfg.epochs or 1000)
+    epochs = int(cfg.epochs if cfg.epochs is not None else 1000)
     n = len(x)
     steps = 0
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, replace
 from distill import augment
 from distill.datasets import quick_defaults
 from distill.errors import UserError
-from distill.train import TrainRecipe
+from distill.errors import check_range
+from distill.train import TrainRecipe, check_recipe
 
 from .space import get_space
 
@@ -47,14 +48,18 @@ class NASConfig:
 def resolve_nas(cfg: NASConfig, dataset: str) -> NASConfig:
     quick = quick_defaults(dataset, "nas")
     cfg = replace(cfg,
-                  proxy_epochs=cfg.proxy_epochs or quick.get("proxy_epochs", 200),
-                  whole_epochs=cfg.whole_epochs or quick.get("whole_epochs", 100))
+                  proxy_epochs=cfg.proxy_epochs if cfg.proxy_epochs is not None else quick.get("proxy_epochs", 200),
+                  whole_epochs=cfg.whole_epochs if cfg.whole_epochs is not None else quick.get("whole_epochs", 100))
     get_space(cfg.space)
     augment.parse_strategy(cfg.dsa)
     if not 0 < cfg.val_fraction < 1:
         raise UserError(f"nas.val_fraction must lie in (0, 1), got {cfg.val_fraction}")
     if cfg.workers < 1:
         raise UserError(f"nas.workers must be at least 1, got {cfg.workers}")
+    check_recipe(recipe(cfg, int(cfg.proxy_epochs)))  # lr, momentum, weight decay, batch: one check
+    check_range("nas.whole_epochs", cfg.whole_epochs, 1)
+    for k in cfg.top_k:
+        check_range("nas.top_k", k, 1)
     return cfg
 
 

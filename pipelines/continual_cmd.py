@@ -20,6 +20,7 @@ from continual.config import ContinualConfig, resolve_continual
 from distill.config import to_dict
 from distill.datasets import quick_defaults
 from distill.distiller import DistillSettings, check_ipc
+from distill.errors import UserError
 from distill.files import atomic_text
 from distill.methods import METHODS, get_method
 from distill.report import publish
@@ -44,6 +45,16 @@ class ContinualJob:
 _NOT_IN_KEY = ("memories", "orders", "tensorboard", "ensemble")
 
 
+def _orders(text: str | None) -> list[int] | None:
+    """``--orders 0,1,2`` as a list of class-order seeds."""
+    if not text:
+        return None
+    try:
+        return [int(o) for o in text.split(",")]
+    except ValueError:
+        raise UserError(f"--orders takes comma-separated integers (class-order seeds), e.g. 0,1,2; got {text!r}") from None
+
+
 def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
     from tqdm import tqdm
 
@@ -58,7 +69,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
         "dataset.name": args.dataset, "dataset.root": args.data_root,
         "continual.steps": args.steps, "continual.ipc": args.ipc, "continual.models": args.models,
         "continual.epochs": args.epochs, "continual.seed": args.seed,
-        "continual.orders": [int(o) for o in args.orders.split(",")] if args.orders else None,
+        "continual.orders": _orders(args.orders),
         "continual.memories": args.memories.split(",") if args.memories else None,
     })
     device = pick_device(args.device)
