@@ -121,7 +121,7 @@ class TrainRecipe:
     weight_decay: float = 5e-4
     batch: int = 256
     dsa: str = augment.DEFAULT_STRATEGY  # "none": no augmentation
-    init: str = "he"  # he | default
+    init: str = "default"  # default (PyTorch's; measured better, benchmarks/RESULTS.md) | he
     schedule: str = "half"  # half (x0.1 at half; DC/DM/DataDAM code) | constant | step15 (ATOM's table)
     ensemble: str = "auto"  # auto (ensembled on GPU where possible) | on | off
     compile: str = "auto"  # torch.compile the ensembled forward: auto (on CUDA) | on | off
