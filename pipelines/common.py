@@ -68,6 +68,7 @@ class RunContext:
         self.started = time.time()
         self._t0 = time.perf_counter()
         self.folder: Path | None = None
+        self.fresh = False  # the folder was made up (no --out): a rerun would make another one
 
     def folder_for(self, out: str | None, stem: str, record: bool = True) -> Path:
         """``out``, or a fresh ``runs/<stem>-<time>/``, created; ``record=False`` (a torchrun
@@ -79,8 +80,17 @@ class RunContext:
             path = Path("runs") / f"{stem}-{stamp}"
         path.mkdir(parents=True, exist_ok=True)
         if record:
-            self.folder = path
+            self.folder, self.fresh = path, not out
         return path
+
+    def resume_hint(self) -> str:
+        """What continues an interrupted run: the same command, or, when its folder was made up,
+        the same command with ``--out`` naming that folder (a plain rerun would start a new one).
+        Cached stages (buffers, continual cells, NAS studies) continue either way."""
+        if self.folder is not None and self.fresh:
+            return (f"to continue from the last checkpoint, run the same command with --out {self.folder} "
+                    "(without --out a new run folder starts from the beginning)")
+        return "run the same command again to continue from the last checkpoint"
 
     def finish(self, code: int, log: str) -> None:
         """Write the run record (if the command made a run folder)."""

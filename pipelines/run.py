@@ -303,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to continue from the last checkpoint",
-              file=sys.stderr)
+        print(f"\ninterrupted; {run.resume_hint()}", file=sys.stderr)
         code = 130
     finally:
         run.finish(code, tee.copy.getvalue())

@@ -1,5 +1,6 @@
 """The command line: a full digits run, and one clear error line (exit 2) per bad input."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,21 @@ def test_script_help_runs():
     out = subprocess.run([sys.executable, str(ROOT / "pipelines" / "run.py"), "distill", "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--ipc" in out and "--out" in out and "--device" in out
+
+
+def test_interruption_hint_names_the_folder_to_continue(tmp_path, capsys, monkeypatch):
+    import pipelines.run as run
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "distill", interrupted)
+    monkeypatch.chdir(tmp_path)  # the made-up folder goes under ./runs
+    argv = ["distill", "--dataset", "digits", "--method", "atom", "--ipc", "1", "--quiet"]
+    assert main(argv) == 130
+    (made,) = (tmp_path / "runs").iterdir()
+    err = capsys.readouterr().err
+    assert f"--out {Path('runs') / made.name}" in err and "without --out a new run folder" in err
+    assert json.loads((made / "timings.json").read_text())["exit_code"] == 130
+    assert main([*argv, "--out", str(tmp_path / "mine")]) == 130  # a given folder: the same command
+    assert "run the same command again" in capsys.readouterr().err
