@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .registry import add
+
 
 def abs_pow(f: Tensor, p: float) -> Tensor:
     """``|f|^p``; for p = 1, 2, 4 with cheap elementwise ops (no ``abs`` for even powers)."""
@@ -51,10 +53,9 @@ ATTENTION_MAPS: dict[str, AttentionMap] = {}
 
 
 def register_attention_map(m: AttentionMap) -> AttentionMap:
-    if m.name in ATTENTION_MAPS or m.name == "last":
-        raise ValueError(f"attention map {m.name!r} registered twice (or named like the last-layer term)")
-    ATTENTION_MAPS[m.name] = m
-    return m
+    if m.name == "last":
+        raise ValueError("an attention map cannot be called 'last': that names the last-layer term")
+    return add(ATTENTION_MAPS, m.name, m, "attention map")
 
 
 SPATIAL = register_attention_map(AttentionMap("spatial", lambda powered: powered.sum(dim=1).flatten(1), "p_spatial"))

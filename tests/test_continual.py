@@ -272,7 +272,7 @@ def test_cli_continual_rejects_a_memory_from_another_dataset(tmp_path, memory_se
     assert code == 2 and "made from 'cifar10'" in capsys.readouterr().err
 
 
-def test_cli_list_shows_an_interrupted_continual_run_as_partial(tmp_path, memory_set, capsys, monkeypatch):
+def test_cli_list_shows_an_interrupted_continual_run_as_partial(tmp_path, memory_set, capsys, monkeypatch, interrupt):
     """Interrupted after its first cell, a continual artifact is listed as partial; the rerun
     finishes it (complete), keeping the finished cell."""
     import continual.protocol as protocol
@@ -282,16 +282,7 @@ def test_cli_list_shows_an_interrupted_continual_run_as_partial(tmp_path, memory
     argv = ["continual", "--dataset", "digits", "--steps", "2", "--ipc", "4", "--orders", "0", "--epochs", "1",
             "--memories", str(tmp_path / "rand4.pt"), "--cache", str(tmp_path / "cache"),
             "--out", str(tmp_path / "run"), "--quiet"]
-    real = protocol.train_group
-    calls = []
-
-    def interrupt_second(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(protocol, "train_group", interrupt_second)
+    real = interrupt(protocol, "train_group", 2)
     assert main(argv) == 130
     rows = [r for r in list_artifacts(tmp_path / "cache") if r["stage"] == "continual"]
     assert [r["status"] for r in rows] == ["partial"]

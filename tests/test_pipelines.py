@@ -53,29 +53,19 @@ def load_digits8():
     return load_dataset("digits", resolution=8)
 
 
-def test_interrupted_buffer_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+def test_interrupted_buffer_resumes_from_its_checkpoint(tmp_path, monkeypatch, interrupt):
     data = load_digits8()
     base = DistillConfig(iterations=6, checkpoint_every=3, batch_real=8, net=distiller.NetConfig(width=16))
     maker = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "a",
                         progress=False)
     cfg = maker.resolve("dm", 2, base)
-    real = distiller.loss_and_grad
-    calls = []
-
-    def dying(*a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(distiller, "loss_and_grad", dying)
+    real = interrupt(distiller, "loss_and_grad", 5)
     with pytest.raises(KeyboardInterrupt):
         maker.get(cfg)
     art = maker.artifact(cfg)
     assert not art.complete and (art.path / "checkpoint.pt").is_file()
     assert [r["status"] for r in list_artifacts(tmp_path / "a")] == ["partial"]
-    monkeypatch.setattr(distiller, "loss_and_grad", real)
-    calls.clear()
+    calls = []
     monkeypatch.setattr(distiller, "loss_and_grad", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     resumed, path, reused = maker.get(cfg)
     assert not reused and len(calls) == 3  # iterations 4..6 only

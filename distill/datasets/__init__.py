@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data import ImageData
-from ..errors import UserError, choice_error
-from ..registry import import_modules
+from ..errors import UserError
+from ..registry import add, find, import_modules
 
 STAGES = ("distill", "eval", "continual", "nas")
 
@@ -42,20 +42,14 @@ DATASETS: dict[str, DatasetDef] = {}
 
 def register(spec: DatasetDef) -> DatasetDef:
     """Add a dataset to the registry (called by each module of this package at import)."""
-    if spec.name in DATASETS:
-        raise ValueError(f"dataset {spec.name!r} registered twice")
     unknown = set(spec.quick) - set(STAGES)
     if unknown:
         raise ValueError(f"dataset {spec.name!r}: quick defaults for unknown stages {sorted(unknown)}")
-    DATASETS[spec.name] = spec
-    return spec
+    return add(DATASETS, spec.name, spec, "dataset")
 
 
 def get_dataset(name: str) -> DatasetDef:
-    try:
-        return DATASETS[name.lower()]
-    except KeyError:
-        raise choice_error("dataset", name, DATASETS) from None
+    return find(DATASETS, name, "dataset")
 
 
 def quick_defaults(dataset: str | None, stage: str) -> dict[str, Any]:

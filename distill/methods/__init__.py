@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import choice_error
 from ..matching import ATTENTION_MAPS
-from ..registry import import_modules
+from ..registry import add, find, import_modules
 
 
 @dataclass(frozen=True)
@@ -36,22 +35,16 @@ METHODS: dict[str, Method] = {}
 
 def register_method(m: Method) -> Method:
     """Add a method (called by each module of this package at import)."""
-    if m.name in METHODS:
-        raise ValueError(f"method {m.name!r} registered twice")
     if m.kind not in ("match", "select"):
         raise ValueError(f"method {m.name!r}: kind must be match or select, got {m.kind!r}")
     unknown = [a for a in m.maps if a not in ATTENTION_MAPS]
     if unknown:
         raise ValueError(f"method {m.name!r}: unknown attention maps {unknown}; register them first")
-    METHODS[m.name] = m
-    return m
+    return add(METHODS, m.name, m, "method")
 
 
 def get_method(name: str) -> Method:
-    try:
-        return METHODS[name.lower()]
-    except KeyError:
-        raise choice_error("method", name, METHODS) from None
+    return find(METHODS, name, "method")
 
 
 # the papers' order in listings and --help first, then any other method file

@@ -24,6 +24,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import choice_error
+from ..registry import add, find
 
 NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
 ACTIVATIONS = ("sigmoid", "relu", "leakyrelu")
@@ -160,10 +161,7 @@ ARCHS: dict[str, ArchDef] = {}
 def register_arch(name: str, build: Callable[[int, int, tuple[int, int], "NetSpec"], Net],
                   default_norm: str | None = "instancenorm") -> ArchDef:
     """Add an architecture (each module of ``distill.nets`` calls this for its own)."""
-    if name in ARCHS:
-        raise ValueError(f"architecture {name!r} registered twice")
-    ARCHS[name] = ArchDef(name, build, default_norm)
-    return ARCHS[name]
+    return add(ARCHS, name, ArchDef(name, build, default_norm), "architecture")
 
 
 def build_net(arch: str, in_channels: int, num_classes: int, image_size: tuple[int, int],
@@ -173,10 +171,7 @@ def build_net(arch: str, in_channels: int, num_classes: int, image_size: tuple[i
     (instancenorm for convnet/vgg11/resnet18, none for alexnet; the ViT uses LayerNorm)."""
     if norm is not None and norm not in NORMS:
         raise choice_error("norm", norm, NORMS)
-    try:
-        entry = ARCHS[arch.lower()]
-    except KeyError:
-        raise choice_error("architecture", arch, ARCHS) from None
+    entry = find(ARCHS, arch, "architecture")
     size = (int(image_size[0]), int(image_size[1]))
     spec = NetSpec(arch=entry.name, width=width, depth=depth, act=act, norm=norm or entry.default_norm, pool=pool)
     return entry.build(in_channels, num_classes, size, spec)
