@@ -31,6 +31,7 @@ from distill.data import ClassIndex  # noqa: E402
 from distill.distiller import DistillConfig, loss_and_grad, match_weights, matching_net, resolve  # noqa: E402
 from distill.matching import matching_loss  # noqa: E402
 from distill.nets import build_net  # noqa: E402
+from distill.train import keep_host_memory  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Shape:
     per_class: int  # real training images per class
     batch_real: int
     ipc: int
+    channels: int = 3
+    size: int = 32
 
 
 SHAPES = [
@@ -50,6 +53,8 @@ SHAPES = [
     Shape("c10-b256-ipc10", 10, 5000, 256, 10),
     Shape("c10-b256-ipc50", 10, 5000, 256, 50),
     Shape("c100-b128-ipc20", 100, 500, 128, 20),
+    Shape("fm-b128-ipc1", 10, 6000, 128, 1, channels=1, size=28),  # Fashion-MNIST / MNIST shapes
+    Shape("fm-b128-ipc10", 10, 6000, 128, 10, channels=1, size=28),
 ]
 
 
@@ -62,7 +67,8 @@ def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: to
                    opt: torch.optim.Optimizer, cfg: DistillConfig, k: int) -> float:
     """One iteration, per-class, as the reference code is written."""
     dev = train_x.device
-    net = build_net("convnet", 3, k, (32, 32), norm=cfg.net.norm).to(dev)  # fresh every step
+    size = tuple(train_x.shape[2:])
+    net = build_net("convnet", train_x.shape[1], k, size, norm=cfg.net.norm).to(dev)  # fresh every step
     for p in net.parameters():
         p.requires_grad_(False)
     weights = match_weights(cfg, 3)
@@ -71,7 +77,7 @@ def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: to
         idx = np.random.permutation(classes_idx[c])[: cfg.batch_real]
         img_real = train_x[torch.from_numpy(idx).to(dev)]
         img_syn = syn[c * cfg.ipc:(c + 1) * cfg.ipc]
-        p = augment.sample_params(1, (32, 32), None, cfg.dsa, dev)
+        p = augment.sample_params(1, size, None, cfg.dsa, dev)
         img_real = augment.apply(img_real, p.index(torch.zeros(len(img_real), dtype=torch.long, device=dev)))
         img_syn = augment.apply(img_syn, p.index(torch.zeros(len(img_syn), dtype=torch.long, device=dev)))
         f_real, e_real = net.forward_features(img_real)
@@ -88,7 +94,7 @@ def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: to
 
 def ours_factory(train_x, labels, syn, cfg, k):
     dev = train_x.device
-    net = matching_net(cfg, 3, k, (32, 32), dev)  # as distill() builds it (compiled on CUDA)
+    net = matching_net(cfg, train_x.shape[1], k, tuple(train_x.shape[2:]), dev)  # as distill() builds it
     weights = match_weights(cfg, 3)
     index = ClassIndex.from_labels(labels, k)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -134,7 +140,12 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(s.name for s in SHAPES),
                     help="comma-separated subset of: " + ", ".join(s.name for s in SHAPES))
     ap.add_argument("--no-reference", action="store_true", help="time only our loop")
+    ap.add_argument("--host-memory", choices=("keep", "default"), default="keep",
+                    help="keep: reuse freed CPU memory as the command line does (distill.train.keep_host_memory); "
+                         "default: glibc's defaults, to measure what that buys")
     args = ap.parse_args()
+    if args.host_memory == "keep":
+        keep_host_memory()
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"
     iters = args.iters or (20 if gpu else 3)
@@ -145,7 +156,7 @@ def main() -> None:
         sys.exit(f"error: unknown shape {unknown[0]!r}; allowed: {', '.join(s.name for s in SHAPES)}")
 
     name = torch.cuda.get_device_name(dev) if gpu else platform.processor() or platform.machine()
-    print(f"device: {dev} ({name}); torch {torch.__version__}; method {args.method}; "
+    print(f"device: {dev} ({name}); torch {torch.__version__}; method {args.method}; host memory {args.host_memory}; "
           f"{warmup} warm-up + {iters} timed iterations each, interleaved; median\n")
     print("| shape | ours ms/it | reference ms/it | speed-up | ours peak MiB | reference peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -154,10 +165,11 @@ def main() -> None:
             continue
         k = shape.classes
         g = torch.Generator(device=dev).manual_seed(0)
-        train_x = torch.randn(k * shape.per_class, 3, 32, 32, generator=g, device=dev)
+        image = (shape.channels, shape.size, shape.size)
+        train_x = torch.randn(k * shape.per_class, *image, generator=g, device=dev)
         labels = torch.arange(k, device=dev).repeat_interleave(shape.per_class)
-        cfg = resolve(DistillConfig(method=args.method, ipc=shape.ipc, batch_real=shape.batch_real), 32)
-        syn = torch.randn(k * shape.ipc, 3, 32, 32, generator=g, device=dev).requires_grad_(True)
+        cfg = resolve(DistillConfig(method=args.method, ipc=shape.ipc, batch_real=shape.batch_real), shape.size)
+        syn = torch.randn(k * shape.ipc, *image, generator=g, device=dev).requires_grad_(True)
         fns = {"ours": ours_factory(train_x, labels, syn, cfg, k)}
         if not args.no_reference:
             np.random.seed(0)

@@ -23,6 +23,8 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)

@@ -106,6 +106,29 @@ def compiled(fn: Callable[..., Any], enabled: bool, dynamic: bool | None = None)
     return call
 
 
+def keep_host_memory() -> bool:
+    """Make glibc's ``malloc`` keep freed large blocks for reuse (``mallopt``: mmap threshold
+    1 GiB, trim threshold 2 GiB, top pad 256 MiB). By default every CPU tensor above 32 MiB is
+    a fresh ``mmap`` whose pages the kernel must fault in and zero, and it is unmapped again on
+    free: a distillation step on Fashion-MNIST spent about 40% of its time there (3.8 s -> 2.1 s
+    per ATOM iteration on 2 cores, benchmarks/RESULTS.md). Results are unchanged (only where the
+    memory comes from). A process-wide setting, so the command line and the benchmarks call it
+    once at start-up; library users may too. Returns ``False`` where it does not apply (not
+    glibc)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
+    return all(mallopt(opt, value) == 1 for opt, value in
+               ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 31), (m_top_pad, 1 << 28)))
+
+
 @dataclass
 class TrainRecipe:
     """How N fresh networks are trained on a set of images; ``epochs: null`` is 1000 (digits: 300).

@@ -34,10 +34,12 @@ class BufferMaker:
     """Makes (or reuses) buffers of one dataset; the dataset is prepared once, on first need."""
 
     def __init__(self, data_cfg: DataConfig, data: ImageData, device: torch.device,
-                 root: str | Path, force: bool = False, progress: bool = True, holdout: list[float] | None = None):
-        """``holdout``: ``data`` is the training set without a validation split made with these
-        ``[fraction, seed]`` (NAS proxies); it is part of every key."""
-        self.data_cfg, self.data, self.device, self.holdout = data_cfg, data, device, holdout
+                 root: str | Path, force: bool = False, progress: bool = True,
+                 subset: dict[str, Any] | None = None):
+        """``subset``: how ``data`` was cut from the dataset, part of every key and recorded in
+        every set's metadata (NAS proxies: ``{"holdout": [fraction, seed]}``, the training set
+        without its validation split; ``reproduce --budget smoke``: ``{"per_class": n}``)."""
+        self.data_cfg, self.data, self.device, self.subset = data_cfg, data, device, dict(subset or {})
         self.root, self.force, self.progress = Path(root), force, progress
         self._prep: Prepared | None = None
         self._made: set[str] = set()  # keys made in this run (--force recomputes each once)
@@ -54,8 +56,7 @@ class BufferMaker:
 
     def artifact(self, cfg: DistillConfig) -> Artifact:
         data_id = self.data_cfg.identity(self.data)
-        if self.holdout is not None:
-            data_id["holdout"] = list(self.holdout)
+        data_id.update(self.subset)
         return Artifact(self.root, "buffers", f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}",
                         buffer_key_config(data_id, cfg), "synset.pt")
 
@@ -73,8 +74,7 @@ class BufferMaker:
         synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress)
         synset.meta["data_config"] = to_dict(self.data_cfg)
         synset.meta["artifact_key"] = art.key
-        if self.holdout is not None:  # source_indices then index the training set without the split
-            synset.meta["holdout"] = list(self.holdout)
+        synset.meta.update(self.subset)  # e.g. source_indices then index the training set without the split
         synset.save(art.result_path)
         synset.save_grid(folder / "grid.png")
         ckpt.unlink(missing_ok=True)

@@ -108,7 +108,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     train_idx, val_idx = holdout(data, cfg)
     # proxies made here are distilled without the validation images (the key records the split)
     maker = BufferMaker(job.dataset, without_validation(data, train_idx), device, args.cache, args.force,
-                        progress=not args.quiet, holdout=[cfg.val_fraction, cfg.val_seed])
+                        progress=not args.quiet, subset={"holdout": [cfg.val_fraction, cfg.val_seed]})
     for spec, p in parsed.items():
         if p is None:
             synset = SyntheticSet.load(spec)

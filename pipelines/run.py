@@ -26,11 +26,11 @@ from distill.datasets import DATASETS
 from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, combine_sets, eval_inputs, evaluate_set, resolve_eval
-from distill.train import TrainRecipe
+from distill.train import TrainRecipe, keep_host_memory
 from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
-from pipelines import continual_cmd, nas_cmd, scaleout
+from pipelines import continual_cmd, nas_cmd, reproduce_cmd, scaleout
 from pipelines.artifacts import list_artifacts
 from pipelines.buffers import BufferMaker
 from pipelines.registry import BUFFERS_FILE, dataset_base, file_label, lookup, registry
@@ -287,12 +287,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     continual_cmd.add_parser(sub, _common)
     nas_cmd.add_parser(sub, _common)
+    reproduce_cmd.add_parser(sub, _common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
+    keep_host_memory()  # large CPU tensors reuse freed memory instead of fresh page-faulted mmaps
     run = RunContext(argv)
     tee = Tee(sys.stdout)
     code = 1

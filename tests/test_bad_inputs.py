@@ -14,6 +14,7 @@ from pipelines.run import main
 DISTILL = ["distill", "--dataset", "digits", "--iterations", "1", "--quiet"]
 EVALUATE = ["evaluate", "--quiet"]  # --synset added per row
 CONTINUAL = ["continual", "--dataset", "digits", "--quiet"]
+REPRODUCE = ["reproduce", "--table", "fashionmnist", "--budget", "smoke", "--data-root", "no-such-folder", "--quiet"]
 NAS = ["nas", "--dataset", "digits", "--space", "tiny", "--proxy", "random_ipc2", "--quiet"]
 
 CASES = [
@@ -47,6 +48,13 @@ CASES = [
     (NAS, ["--set", "nas.top_k=[5,-1]"], r"nas\.top_k must be >= 1"),
     (NAS, ["--proxy-epochs", "0"], r"epochs must be >= 1"),
     (NAS, ["--whole-epochs", "0"], r"nas\.whole_epochs must be >= 1"),
+    (REPRODUCE, ["--table", "cifar11"], r"unknown table 'cifar11'"),
+    (REPRODUCE, ["--methods", "dc"], r"unknown method for table fashionmnist 'dc'"),
+    (REPRODUCE, ["--ipc", "3"], r"table fashionmnist has no IPC 3"),
+    (REPRODUCE, ["--ipc", "one"], r"--ipc takes comma-separated integers"),
+    (REPRODUCE, ["--sets", "0"], r"--sets and --models must be at least 1"),
+    (REPRODUCE, ["--set", "distill.lam=.nan"], r"distill\.lam must be a finite number"),
+    (REPRODUCE, ["--set", "eval.epochs=0"], r"epochs must be >= 1"),
 ]
 
 
