@@ -352,10 +352,17 @@ class State:
     generator: Tensor
     losses: list[float]
 
-    def save(self, path: Path, cfg: DistillConfig) -> None:
+    def save(self, path: Path, cfg: DistillConfig, data: dict[str, Any]) -> None:
         atomic_save({"iteration": self.iteration, "images": self.images.detach().cpu(),
                      "optimizer": self.optimizer, "generator": self.generator.cpu(),
-                     "losses": self.losses, "config": to_dict(cfg)}, path)
+                     "losses": self.losses, "config": to_dict(cfg), "data": data}, path)
+
+
+def data_identity(prep: Prepared) -> dict[str, Any]:
+    """What a checkpoint's images depend on besides the config: the dataset, its image size and
+    training-set size, and whether the images live in ZCA space."""
+    return {"dataset": prep.data.name, "image_size": list(prep.data.image_size),
+            "train_images": len(prep.data.train_y), "zca": prep.preprocess.uses_zca}
 
 
 def _resume_key(cfg: DistillConfig | dict[str, Any]) -> dict[str, Any]:
@@ -406,6 +413,14 @@ def distill(
             changed = sorted(k2 for k2 in saved_key if saved_key[k2] != want.get(k2))
             raise UserError(f"checkpoint {ckpt} was written with a different config "
                             f"(differs in: {', '.join(changed)}); use a fresh --out or --force")
+        saved_data = blob.get("data")
+        if saved_data is not None and saved_data != data_identity(prep):
+            changed = sorted(k2 for k2 in saved_data if saved_data[k2] != data_identity(prep).get(k2))
+            raise UserError(f"checkpoint {ckpt} was written for other data (differs in: {', '.join(changed)}: "
+                            f"{', '.join(f'{k2}={saved_data[k2]!r}' for k2 in changed)}); use a fresh --out or --force")
+        if blob["iteration"] > cfg.iterations:
+            raise UserError(f"checkpoint {ckpt} is at iteration {blob['iteration']}, beyond the {cfg.iterations} "
+                            "asked for; ask for at least as many iterations, or use a fresh --out or --force")
         state = State(blob["iteration"], blob["images"].to(dev), blob["optimizer"],
                       blob["generator"], list(blob["losses"]))
         gen.set_state(state.generator)
@@ -440,7 +455,7 @@ def distill(
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
         if ckpt is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0):
             flush()
-            State(done, syn, opt.state_dict(), gen.get_state(), losses).save(ckpt, cfg)
+            State(done, syn, opt.state_dict(), gen.get_state(), losses).save(ckpt, cfg, data_identity(prep))
         if cfg.eval_every and done % cfg.eval_every == 0:
             acc = quick_eval(prep, syn.detach(), cfg)
             bar.write(f"iteration {done}: quick-eval accuracy {acc:.4f}")

@@ -1,5 +1,7 @@
 """The distillation loop on digits: learning, gradients, seeding, exact resume."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -64,6 +66,27 @@ def test_resume_rejects_other_config(digits_prep, tmp_path):
     distill(digits_prep, _cfg(iterations=2, checkpoint_every=2), checkpoint=ckpt, progress=False)
     with pytest.raises(UserError, match="differs in: lam"):
         distill(digits_prep, _cfg(iterations=4, lam=0.5), checkpoint=ckpt, resume=True, progress=False)
+
+
+def test_resume_refuses_other_data_and_a_longer_checkpoint(digits_prep, tmp_path):
+    """A checkpoint continues only the run it belongs to: not on a dataset of another size or
+    preprocessing (its images would be read in the wrong space), not past the iterations asked
+    (the result would be the longer run labelled as the shorter)."""
+    from distill.distiller import prepare
+
+    ckpt = tmp_path / "ckpt.pt"
+    distill(digits_prep, _cfg(iterations=4, checkpoint_every=2), checkpoint=ckpt, progress=False)
+    with pytest.raises(UserError, match=r"iteration 4, beyond the 2 asked for"):
+        distill(digits_prep, _cfg(iterations=2, checkpoint_every=2), checkpoint=ckpt, resume=True, progress=False)
+    whitened = prepare(digits_prep.data, zca=True)
+    with pytest.raises(UserError, match=r"other data \(differs in: zca: zca=False\)"):
+        distill(whitened, _cfg(iterations=6, checkpoint_every=2), checkpoint=ckpt, resume=True, progress=False)
+    fewer = prepare(dataclasses.replace(digits_prep.data, train_x=digits_prep.data.train_x[:-10],
+                                        train_y=digits_prep.data.train_y[:-10]))
+    with pytest.raises(UserError, match=r"differs in: train_images"):
+        distill(fewer, _cfg(iterations=6, checkpoint_every=2), checkpoint=ckpt, resume=True, progress=False)
+    assert distill(digits_prep, _cfg(iterations=6, checkpoint_every=2), checkpoint=ckpt, resume=True,
+                   progress=False).meta["iterations"] == 6  # the same data and more iterations: continues
 
 
 @pytest.mark.parametrize("init", ["noise", "kcenter"])
