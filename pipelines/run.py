@@ -31,7 +31,7 @@ from distill.report import markdown_table, pct, write_tables
 from distill.methods import METHODS, get_method
 from distill.synset import SyntheticSet, library_versions
 from pipelines import continual_cmd, nas_cmd, reproduce_cmd, scaleout
-from pipelines.artifacts import list_artifacts
+from pipelines.artifacts import config_key, list_artifacts
 from pipelines.buffers import BufferMaker
 from pipelines.registry import BUFFERS_FILE, dataset_base, file_label, lookup, registry
 from pipelines.common import DataConfig, RunContext, Tee, build_config, pick_device, write_yaml
@@ -158,13 +158,34 @@ def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
                             for i, (lb, s, tx) in enumerate(zip(labels, sets, test_xs))})
     rows = [{**r.row(), "accuracy": pct(r.mean, r.std)} for r in results]
     columns = ["arch", "models", "sets", "accuracy", "seconds", "ensembled"]
-    paths = write_tables(rows, columns, out, "evaluation",
+    stem = evaluation_stem(out, to_dict(cfg), files)
+    if stem != "evaluation":
+        print(f"\n  {out / 'evaluation.json'} holds another configuration's results; keeping it and writing {stem}.*")
+    paths = write_tables(rows, columns, out, stem,
                          extra={"synset": files if len(files) > 1 else files[0], "dataset": data.name,
                                 "device": str(device),
                                 "config": to_dict(cfg), "versions": library_versions()})
     print("\n" + markdown_table(rows, columns))
     print(f"\n  results: {paths['md']}, {paths['csv'].name}, {paths['json'].name}")
     return 0
+
+
+def evaluation_stem(out: Path, config: dict, files: list[str]) -> str:
+    """``evaluation`` unless ``out/evaluation.json`` holds results of another recipe or other
+    sets, which are kept: then ``evaluation-<key>`` (12 hex digits of this recipe and sets)."""
+    import json
+
+    earlier = out / "evaluation.json"
+    if not earlier.is_file():
+        return "evaluation"
+    try:
+        prev = json.loads(earlier.read_text())
+    except (OSError, ValueError):
+        prev = {}
+    synset = files if len(files) > 1 else files[0]
+    if isinstance(prev, dict) and prev.get("config") == config and prev.get("synset") == synset:
+        return "evaluation"
+    return f"evaluation-{config_key({'config': config, 'synset': synset})}"
 
 
 # --------------------------------------------------------------------------------------

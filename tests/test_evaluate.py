@@ -1,6 +1,7 @@
 """Evaluation: schedule, preprocessing of the test set, ensembled = sequential, errors."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,15 @@ def test_cli_evaluate_writes_tables(tmp_path, digits_prep, capsys):
     assert (tmp_path / "evaluation.csv").is_file() and (tmp_path / "evaluation.json").is_file()
     code = main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--arch", "lenet", "--quiet"])
     assert code == 2 and "unknown architecture" in capsys.readouterr().err
+    # another recipe next to the same set keeps the earlier results; the same recipe replaces them
+    first = (tmp_path / "evaluation.json").read_text()
+    assert main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--models", "1", "--epochs", "2", "--quiet"]) == 0
+    assert (tmp_path / "evaluation.json").read_text() == first
+    other = [p for p in tmp_path.glob("evaluation-*.json")]
+    assert len(other) == 1 and json.loads(other[0].read_text())["config"]["models"] == 1
+    assert main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--models", "2", "--epochs", "2",
+                 "--arch", "convnet,alexnet", "--quiet"]) == 0
+    assert len(list(tmp_path.glob("evaluation*.json"))) == 2
 
 
 def test_combine_sets_is_one_mean_over_every_network():
