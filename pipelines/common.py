@@ -8,6 +8,7 @@ import copy
 import io
 import datetime as _dt
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,21 @@ class DataConfig:
         """What a result computed from this data depends on (not where the files live)."""
         return {"name": data.name, "image_size": list(data.image_size),
                 "zca": data.whitened(self.zca)}
+
+
+def check_writable(path: str | Path, flag: str) -> None:
+    """Fail before any work when ``path`` cannot become a folder we write into: it (or the
+    nearest existing folder above it) is a file, or is not writable (read-only file system,
+    permissions). Creates nothing."""
+    p = Path(path).absolute()
+    existing = next((q for q in (p, *p.parents) if q.exists()), None)
+    if existing is None:  # pragma: no cover - the root always exists
+        return
+    if not existing.is_dir():
+        what = "is a file" if existing == p else f"is under {existing}, which is a file"
+        raise UserError(f"{flag} {path} {what}; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable; give a folder you can write to")
 
 
 def pick_device(name: str | None) -> torch.device:

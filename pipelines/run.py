@@ -34,7 +34,7 @@ from pipelines import continual_cmd, nas_cmd, reproduce_cmd, scaleout
 from pipelines.artifacts import config_key, list_artifacts
 from pipelines.buffers import BufferMaker
 from pipelines.registry import BUFFERS_FILE, dataset_base, file_label, lookup, registry
-from pipelines.common import DataConfig, RunContext, Tee, build_config, pick_device, write_yaml
+from pipelines.common import DataConfig, RunContext, Tee, build_config, check_writable, pick_device, write_yaml
 
 
 @dataclass
@@ -150,6 +150,7 @@ def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
     data = job.dataset.load(synset.image_shape[1])  # the real data at the set's size
     test_xs = [eval_inputs(s, data) for s in sets]
     out = Path(args.out) if args.out else Path(files[0]).parent
+    check_writable(out, "--out (default: the set's folder)")
     print(f"evaluating {', '.join(files)} ({synset.meta.get('method', '?')}, ipc {synset.ipc}, "
           f"{len(synset.labels)} images{f', {len(sets)} sets' if len(sets) > 1 else ''}) on {data.name} test "
           f"({len(data.test_y)} images): {cfg.models} models x {len(cfg.archs)} architectures"
@@ -317,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     keep_host_memory()  # large CPU tensors reuse freed memory instead of fresh page-faulted mmaps
     run = RunContext(argv)
+    try:  # where results go is checked before any work (list only reads the cache)
+        for flag in ("out", "cache"):
+            if getattr(args, flag, None) and args.command != "list":
+                check_writable(getattr(args, flag), f"--{flag}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     tee = Tee(sys.stdout)
     code = 1
     try:

@@ -48,6 +48,13 @@ CASES = [
     (NAS, ["--set", "nas.top_k=[5,-1]"], r"nas\.top_k must be >= 1"),
     (NAS, ["--proxy-epochs", "0"], r"epochs must be >= 1"),
     (NAS, ["--whole-epochs", "0"], r"nas\.whole_epochs must be >= 1"),
+    # where results go: a file (or a path under a file) is no folder, checked before any work
+    (DISTILL, ["--out", "{tmp}/file"], r"--out .*/file is a file; give a folder"),
+    (DISTILL, ["--out", "{tmp}/file/run"], r"--out .*/file/run is under .*/file, which is a file"),
+    (EVALUATE, ["--out", "{tmp}/file"], r"--out .*/file is a file"),
+    (CONTINUAL, ["--cache", "{tmp}/file"], r"--cache .*/file is a file"),
+    (NAS, ["--cache", "{tmp}/file/cache"], r"--cache .*/file/cache is under"),
+    (REPRODUCE, ["--out", "{tmp}/file"], r"--out .*/file is a file"),
     (REPRODUCE, ["--table", "cifar11"], r"unknown table 'cifar11'"),
     (REPRODUCE, ["--methods", "dc"], r"unknown method for table fashionmnist 'dc'"),
     (REPRODUCE, ["--ipc", "3"], r"table fashionmnist has no IPC 3"),
@@ -60,13 +67,15 @@ CASES = [
 
 @pytest.mark.parametrize("job,extra,pattern", CASES, ids=[" ".join(c[1]) for c in CASES])
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, digits_prep, job, extra, pattern):
-    argv = [*job, *extra, "--out", str(tmp_path / "out")]
+    (tmp_path / "file").write_text("not a folder")
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    argv = [*job, *extra, *([] if "--out" in extra else ["--out", str(tmp_path / "out")])]
     if job is EVALUATE:
         idx = torch.cat([torch.nonzero(digits_prep.data.train_y == c).flatten()[:2] for c in range(10)])
         SyntheticSet(digits_prep.train_x[idx], digits_prep.data.train_y[idx], list(digits_prep.data.classes),
                      digits_prep.preprocess, {"dataset": "digits", "method": "random", "ipc": 2}).save(tmp_path / "s.pt")
         argv += ["--synset", str(tmp_path / "s.pt")]
-    if job in (CONTINUAL, NAS):
+    if job in (CONTINUAL, NAS) and "--cache" not in extra:
         argv += ["--cache", str(tmp_path / "cache")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
