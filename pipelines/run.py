@@ -264,7 +264,10 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", help="data folder (default: data)")
     d.add_argument("--method", help=f"one of: {', '.join(METHODS)} (default atom)")
     d.add_argument("--ipc", type=int, help="images per class (default 10)")
-    d.add_argument("--iterations", type=int, help="optimisation steps (default 8000; digits 300)")
+    d.add_argument("--iterations", type=int,
+                   help="optimisation steps (default: DataDAM/ATOM 8000, DM 20000, as the papers; digits 300). "
+                        "MNIST, Fashion-MNIST and SVHN keep the papers' values: on a 2-core CPU an iteration takes "
+                        "about 2 s there (8000: 4-5 h), so give fewer, or use `reproduce --budget cpu`")
     d.add_argument("--seed", type=int, help="random seed (default 0)")
     d.add_argument("--force", action="store_true", help="ignore an existing checkpoint in --out (with --buffer: "
                                                         "recompute the cached buffer)")
