@@ -29,7 +29,8 @@ Objective = Callable[[dict[str, Any], int], dict[str, Any]]
 
 def open_storage(url: str | None, journal: Path) -> Any:
     """A journal file at ``journal`` (``url`` None), or an RDB storage for ``url``
-    (``postgresql://``, ``mysql://``, ``sqlite:///``), checked by connecting to it."""
+    (``postgresql+psycopg2://`` with the ``postgres`` extra, ``mysql://``, ``sqlite:///``),
+    checked by connecting to it."""
     if not url:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -49,10 +50,14 @@ def open_storage(url: str | None, journal: Path) -> Any:
             # a worker that dies stops its heartbeat; its trial is failed and re-queued
             return RDBStorage(url, heartbeat_interval=60, grace_period=300,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-    except Exception as exc:  # driver missing, host unreachable, bad credentials
+    except ModuleNotFoundError as exc:  # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3
+        raise UserError(f"cannot open the study storage {url!r}: its database driver {exc.name!r} is not installed; "
+                        "use postgresql+psycopg2://user:pass@host/db with pip install -e '.[postgres]' "
+                        "(psycopg2-binary)") from exc
+    except Exception as exc:  # host unreachable, bad credentials
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"cannot open the study storage {url!r}: {reason}. Check that the database "
-                        "server is reachable and its driver installed (e.g. pip install psycopg2-binary)") from exc
+                        "server is reachable (URL form: postgresql+psycopg2://user:pass@host/db)") from exc
 
 
 def open_study(name: str, storage: Any, space: dict[str, list[Any]]) -> optuna.Study:

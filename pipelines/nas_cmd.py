@@ -178,15 +178,16 @@ def add_parser(sub: Any, common: Any) -> None:
                "  python pipelines/run.py nas --proxy atom_ipc50                    # CIFAR-10, 720 ConvNets\n"
                "  python pipelines/run.py nas --proxy random_ipc10_digits --space small   # offline, CPU\n"
                "  python pipelines/run.py nas --proxy atom_ipc50,dm_ipc50 --workers 4\n"
-               "  python pipelines/run.py nas --proxy atom_ipc50 --storage postgresql://u:p@host/nas")
+               "  python pipelines/run.py nas --proxy atom_ipc50 --storage postgresql+psycopg2://u:p@host/nas")
     n.add_argument("--proxy", help="comma-separated proxies: <method>_ipc<N>[_<dataset>] (made once, cached) "
                                    "or synset.pt paths")
     n.add_argument("--dataset", help="dataset (default cifar10, or the one a proxy name gives)")
     n.add_argument("--data-root", help="data folder (default: data)")
     n.add_argument("--space", help="full (720, default), small (48) or tiny (4)")
     n.add_argument("--workers", type=int, help="local worker processes per study (default 1)")
-    n.add_argument("--storage", help="Optuna RDB URL shared by workers on several machines "
-                                     "(default: a journal file in the cache)")
+    n.add_argument("--storage", help="Optuna RDB URL shared by workers on several machines, e.g. "
+                                     "postgresql+psycopg2://user:pass@host/db (pip install -e '.[postgres]'); "
+                                     "default: a journal file in the cache")
     n.add_argument("--whole-results", help="csv/json of whole-data results made elsewhere")
     n.add_argument("--proxy-epochs", type=int, help="epochs on the proxy (default 200; digits 100)")
     n.add_argument("--whole-epochs", type=int, help="epochs on the whole data (default 100; digits 50)")
