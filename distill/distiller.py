@@ -405,6 +405,7 @@ def distill(
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
 
     ckpt = Path(checkpoint) if checkpoint else None
+    data_id = data_identity(prep)
     state = None
     if resume and ckpt is not None and ckpt.exists():
         blob = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -414,8 +415,8 @@ def distill(
             raise UserError(f"checkpoint {ckpt} was written with a different config "
                             f"(differs in: {', '.join(changed)}); use a fresh --out or --force")
         saved_data = blob.get("data")
-        if saved_data is not None and saved_data != data_identity(prep):
-            changed = sorted(k2 for k2 in saved_data if saved_data[k2] != data_identity(prep).get(k2))
+        if saved_data is not None and saved_data != data_id:
+            changed = sorted(k2 for k2 in saved_data if saved_data[k2] != data_id.get(k2))
             raise UserError(f"checkpoint {ckpt} was written for other data (differs in: {', '.join(changed)}: "
                             f"{', '.join(f'{k2}={saved_data[k2]!r}' for k2 in changed)}); use a fresh --out or --force")
         if blob["iteration"] > cfg.iterations:
@@ -455,7 +456,7 @@ def distill(
             bar.set_postfix(loss=f"{losses[-1]:.4g}")
         if ckpt is not None and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0):
             flush()
-            State(done, syn, opt.state_dict(), gen.get_state(), losses).save(ckpt, cfg, data_identity(prep))
+            State(done, syn, opt.state_dict(), gen.get_state(), losses).save(ckpt, cfg, data_id)
         if cfg.eval_every and done % cfg.eval_every == 0:
             acc = quick_eval(prep, syn.detach(), cfg)
             bar.write(f"iteration {done}: quick-eval accuracy {acc:.4f}")

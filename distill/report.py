@@ -31,13 +31,13 @@ def _fmt(v: Any) -> str:
 
 
 def write_tables(rows: list[dict[str, Any]], columns: list[str], out_dir: str | Path, stem: str,
-                 extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``stem.md`` (the columns), ``stem.csv`` (the columns) and ``stem.json`` (every
-    field of every row, plus ``extra``)."""
+                 extra: dict[str, Any] | None = None, title: str | None = None) -> dict[str, Path]:
+    """Write ``stem.md`` (``# title`` if given, then the columns), ``stem.csv`` (the columns)
+    and ``stem.json`` (every field of every row, plus ``extra``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
-    atomic_text(paths["md"], markdown_table(rows, columns) + "\n")
+    atomic_text(paths["md"], (f"# {title}\n\n" if title else "") + markdown_table(rows, columns) + "\n")
 
     def write_csv(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:

@@ -15,6 +15,7 @@ A budget scales the work for machines smaller than the papers' GPUs; the table's
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from distill.errors import UserError, choice_error
 from distill.evaluate import combine_sets, eval_inputs, evaluate_set, resolve_eval
 from distill.files import atomic_text
 from distill.methods import METHODS, get_method
-from distill.report import figure, markdown_table, pct, save_figure, write_tables
+from distill.report import figure, pct, save_figure, write_tables
 from distill.synset import library_versions
 from distill.train import TrainRecipe
 
@@ -169,7 +170,7 @@ def run_cell(maker: BufferMaker, cfgs: list[DistillConfig], recipe: TrainRecipe,
     cell = Artifact(root, "reproduce", arts[0].name, {"buffers": [a.key for a in arts], "eval": to_dict(recipe)},
                     "cell.json")
     if cell.complete:
-        return yaml.safe_load(cell.result_path.read_text()) | {"reused": True}
+        return json.loads(cell.result_path.read_text()) | {"reused": True}
     t0 = time.perf_counter()
     sets = [maker.get(c)[0] for c in cfgs]
     results = combine_sets({f"seed{c.seed}": evaluate_set(s, eval_inputs(s, maker.data), maker.data.test_y, recipe,
@@ -180,8 +181,8 @@ def run_cell(maker: BufferMaker, cfgs: list[DistillConfig], recipe: TrainRecipe,
               "distill_seconds": round(sum(float(s.meta.get("seconds", 0)) for s in sets), 1),
               "eval_seconds": round(results.seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
               "distill_config": to_dict(cfgs[0])}
-    folder = cell.open()
-    atomic_text(folder / "cell.json", yaml.safe_dump(record, sort_keys=False))
+    cell.open()
+    atomic_text(cell.result_path, json.dumps(record, indent=1))
     return record | {"reused": False}
 
 
@@ -250,14 +251,12 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
                      "paper_mean": r.mean, "paper_std": r.std, "ours_mean": ours,
                      "ours_std": None if rec is None else round(100 * rec["std"], 2)})
     columns = ["method", "ipc", "paper", "ours", "difference", "networks", "iterations", "seconds", "source"]
-    paths = write_tables(rows, columns, out, "reproduce", extra={
+    paths = write_tables(rows, columns, out, "reproduce", title=title, extra={
         "table": table.name, "title": title, "budget": to_dict(budget), "device": str(device),
         "distill": to_dict(job.distill), "eval": to_dict(recipe), "versions": library_versions(),
         "cells": {f"{m}_ipc{i}": rec for (m, i), rec in measured.items()}})
-    text = f"# {title}\n\n" + markdown_table(rows, columns)
-    atomic_text(paths["md"], text + "\n")
     chart = plot_table(rows, title, out / "reproduce.png") if measured else None
-    print("\n" + text)
+    print("\n" + paths["md"].read_text().rstrip())
     print(f"\n  tables: {paths['md']}, {paths['csv'].name}, {paths['json'].name}" + (f", chart {chart.name}" if chart else ""))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,11 +160,12 @@ def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
                             for i, (lb, s, tx) in enumerate(zip(labels, sets, test_xs))})
     rows = [{**r.row(), "accuracy": pct(r.mean, r.std)} for r in results]
     columns = ["arch", "models", "sets", "accuracy", "seconds", "ensembled"]
-    stem = evaluation_stem(out, to_dict(cfg), files)
+    synset_field = files if len(files) > 1 else files[0]
+    stem = evaluation_stem(out, to_dict(cfg), synset_field)
     if stem != "evaluation":
         print(f"\n  {out / 'evaluation.json'} holds another configuration's results; keeping it and writing {stem}.*")
     paths = write_tables(rows, columns, out, stem,
-                         extra={"synset": files if len(files) > 1 else files[0], "dataset": data.name,
+                         extra={"synset": synset_field, "dataset": data.name,
                                 "device": str(device),
                                 "config": to_dict(cfg), "versions": library_versions()})
     print("\n" + markdown_table(rows, columns))
@@ -171,11 +173,10 @@ def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
     return 0
 
 
-def evaluation_stem(out: Path, config: dict, files: list[str]) -> str:
+def evaluation_stem(out: Path, config: dict, synset: str | list[str]) -> str:
     """``evaluation`` unless ``out/evaluation.json`` holds results of another recipe or other
-    sets, which are kept: then ``evaluation-<key>`` (12 hex digits of this recipe and sets)."""
-    import json
-
+    sets (its ``config`` / ``synset`` fields), which are kept: then ``evaluation-<key>`` (12 hex
+    digits of this recipe and sets)."""
     earlier = out / "evaluation.json"
     if not earlier.is_file():
         return "evaluation"
@@ -183,7 +184,6 @@ def evaluation_stem(out: Path, config: dict, files: list[str]) -> str:
         prev = json.loads(earlier.read_text())
     except (OSError, ValueError):
         prev = {}
-    synset = files if len(files) > 1 else files[0]
     if isinstance(prev, dict) and prev.get("config") == config and prev.get("synset") == synset:
         return "evaluation"
     return f"evaluation-{config_key({'config': config, 'synset': synset})}"
@@ -321,16 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     keep_host_memory()  # large CPU tensors reuse freed memory instead of fresh page-faulted mmaps
     run = RunContext(argv)
-    try:  # where results go is checked before any work (list only reads the cache)
-        for flag in ("out", "cache"):
-            if getattr(args, flag, None) and args.command != "list":
-                check_writable(getattr(args, flag), f"--{flag}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     tee = Tee(sys.stdout)
     code = 1
     try:
+        for flag in ("out", "cache"):  # where results go, before any work (list only reads the cache)
+            if getattr(args, flag, None) and args.command != "list":
+                check_writable(getattr(args, flag), f"--{flag}")
         with contextlib.redirect_stdout(tee):
             code = int(args.func(args, run))
     except UserError as exc:
