@@ -12,7 +12,7 @@ DataDAM code's (x100, the same as a 100x larger image learning rate with plain S
 Defaults: digits at their native 8x8 (the toolkit's 16x16 default is an upsampling of the same
 pixels; 8x8 keeps the run within 30 CPU minutes), ConvNet-3 width 128 instance norm,
 distillation 300 iterations with 64 real images per class (digits defaults, paper otherwise),
-evaluation 300 epochs (digits default), seeds 0.
+evaluation 300 epochs (digits default) with the toolkit's initialisation (PyTorch default), seeds 0.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distill.datasets import load_dataset  # noqa: E402
 from distill.distiller import DistillConfig, distill, prepare, resolve  # noqa: E402
 from distill.evaluate import evaluate_set, resolve_eval  # noqa: E402
-from distill.train import TrainRecipe
+from distill.train import TrainRecipe  # noqa: E402
 from distill.report import markdown_table, pct  # noqa: E402
 
 VARIANTS = {
@@ -64,9 +64,10 @@ def main() -> None:
                          "--data-root /usr/share/datasets/fashion-mnist (apt-get install dataset-fashion-mnist)")
     ap.add_argument("--data-root", default="data", help="data folder for --dataset (default: data)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--eval-init", default="he",
-                    help="comma-separated evaluation initialisations, each a column: he (the papers' text, "
-                         "default) and/or default (PyTorch's, as the code behind the published numbers)")
+    ap.add_argument("--eval-init", default=TrainRecipe.init,
+                    help="comma-separated evaluation initialisations, each a column: he (the papers' text) "
+                         "and/or default (PyTorch's, as the code behind the published numbers; the "
+                         f"toolkit's default: {TrainRecipe.init})")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args()
     names = [m.strip() for m in args.methods.split(",")]

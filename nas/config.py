@@ -41,7 +41,8 @@ class NASConfig:
     seed: int = 0  # candidate initialisation (the same candidate starts alike in every condition)
     top_k: list[int] = field(default_factory=lambda: [5, 10, 20, 30])
     workers: int = 1  # local worker processes sharing each study
-    storage: str | None = None  # None: a journal file in the cache; or an RDB URL (postgresql://...)
+    storage: str | None = None  # None: a journal file in the cache; or an RDB URL (postgresql+psycopg2://...)
+    heartbeat: int = 60  # RDB storage: seconds between a trial's heartbeats; three missed ones = a dead worker
     whole_results: str | None = None  # a csv/json of whole-data results made elsewhere
 
 
@@ -58,6 +59,7 @@ def resolve_nas(cfg: NASConfig, dataset: str) -> NASConfig:
         raise UserError(f"nas.workers must be at least 1, got {cfg.workers}")
     check_recipe(recipe(cfg, int(cfg.proxy_epochs)))  # lr, momentum, weight decay, batch: one check
     check_range("nas.whole_epochs", cfg.whole_epochs, 1)
+    check_range("nas.heartbeat", cfg.heartbeat, 1)
     for k in cfg.top_k:
         check_range("nas.top_k", k, 1)
     return cfg

@@ -4,7 +4,7 @@
 - :func:`holdout`: the validation split; :func:`without_validation`: the data proxies are
   distilled from; :func:`whole_condition`, :func:`proxy_condition` and
   :func:`early_condition`: the three training conditions.
-- :func:`train_all`: every candidate trained under one condition in an Optuna grid study, by
+- :func:`train_all`: every candidate trained under one condition in an Optuna study, by
   this process or by ``workers`` spawned processes, waiting for other machines that share an
   RDB study; an interrupted study resumes.
 - :func:`load_whole_results`: whole-data results made elsewhere.
@@ -109,16 +109,15 @@ def train_all(name: str, journal: Path, cond: Condition, cfg: NASConfig, device:
     """Train every candidate of ``cfg.space`` under ``cond`` in study ``name`` (a journal file,
     or ``cfg.storage``); return ``candidate -> result row`` once all are done."""
     from .space import get_space
-    from .study import finished, open_storage, open_study, recover, results_table, run_worker, running
+    from .study import finished, open_storage, open_study, reap, results_table, run_worker
     from .train import train_candidate
     from .worker import to_device, worker_main
 
     space = get_space(cfg.space)
-    study = open_study(name, open_storage(cfg.storage, journal), space)
-    if not cfg.storage:
-        queued = recover(study, space)
-        if queued:
-            print(f"  {name}: resuming; {queued} interrupted candidate(s) queued again")
+    study = open_study(name, open_storage(cfg.storage, journal, cfg.heartbeat))
+    dead = reap(study)
+    if dead:
+        print(f"  {name}: resuming; {dead} trial(s) of stopped workers failed, their candidates are trained again")
     total = len(grid(space))
     if cfg.workers == 1:
         dev_cond = to_device(cond, device)
@@ -138,14 +137,12 @@ def train_all(name: str, journal: Path, cond: Condition, cfg: NASConfig, device:
             progress(len(finished(study)), total)
             time.sleep(1.0)
         bad = [p.exitcode for p in procs if p.exitcode]
-        if bad:
+        if bad and len(finished(study)) == total:  # the survivors finished the dead workers' candidates
+            print(f"  {name}: {len(bad)} worker(s) stopped (exit codes {bad}); the others finished their candidates")
+        elif bad:
             raise UserError(f"{len(bad)} NAS worker(s) failed (exit codes {bad}); run the same command "
                             "again to resume the study")
     rows = results_table(study)
-    while len(rows) < total and running(study):  # other machines are still training candidates
-        progress(len(rows), total)
-        time.sleep(5.0)
-        rows = results_table(study)
     progress(len(rows), total)
     if len(rows) < total:
         raise UserError(f"study {name} finished only {len(rows)} of {total} candidates; run the command "

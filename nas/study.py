@@ -1,24 +1,37 @@
-"""Optuna studies over the search space: one study per (proxy, condition), a ``GridSampler``
-so any number of workers share one grid, storage in a journal file (one host) or an RDB
-(several machines), and the bookkeeping that makes a study exact:
+"""Optuna studies over the search space: one study per (proxy, condition), shared by any number
+of workers (processes here, or machines on an RDB), with storage in a journal file (one host)
+or an RDB (several machines). The bookkeeping that makes a study exact (docs/protocols.md
+section 5):
 
-- a candidate counts once: its first finished trial. A later trial of the same candidate (a
-  re-run Optuna's grid sampler makes under concurrency) is pruned before training, marked
-  ``duplicate_of``, and never enters a report;
-- an interrupted study resumes: trials left RUNNING by a killed process are failed (journal
-  storage; RDB storage uses Optuna's heartbeat) and their candidates queued again, so only
-  unfinished candidates are trained;
-- a worker stops when every candidate is finished or being trained by another worker.
+- **claims.** A worker picks a candidate that no trial holds yet and enqueues a trial for it
+  (the candidate is fixed in the same storage write that numbers the trial). Trials without a
+  claimed candidate are pruned by :class:`ClaimedOnly` and never train;
+- **each candidate once.** A trial trains only when no lower-numbered trial holds its
+  candidate (waiting, running or complete); otherwise it is pruned before training and marked
+  ``duplicate_of``. Two workers that claim one candidate at the same moment are thus resolved
+  by trial number, and only the first complete trial of a candidate enters a report;
+- **dead workers.** Every trial records its worker (host, process id and start time). A trial
+  left RUNNING by a process that no longer exists on this host (journal storage), or whose
+  Optuna heartbeat stopped (RDB storage), is failed by the next worker that looks, and its
+  candidate is claimed again, so the surviving workers finish it. A study interrupted by
+  Ctrl-C or a kill resumes the same way;
+- **stopping.** A worker returns only when every candidate has a complete trial; while the
+  rest are held by other workers it waits for them (and takes over any whose worker dies).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
+import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from distill.errors import UserError
 
@@ -26,11 +39,14 @@ from .space import KEYS, candidate_name, grid
 
 Objective = Callable[[dict[str, Any], int], dict[str, Any]]
 
+ORPHAN_SECONDS = 300.0  # a RUNNING trial no worker has signed for this long lost its worker before it began
 
-def open_storage(url: str | None, journal: Path) -> Any:
+
+def open_storage(url: str | None, journal: Path, heartbeat: int = 60) -> Any:
     """A journal file at ``journal`` (``url`` None), or an RDB storage for ``url``
     (``postgresql+psycopg2://`` with the ``postgres`` extra, ``mysql://``, ``sqlite:///``),
-    checked by connecting to it."""
+    checked by connecting to it. RDB trials send a heartbeat every ``heartbeat`` seconds and
+    count as dead after three missed ones."""
     if not url:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -38,18 +54,15 @@ def open_storage(url: str | None, journal: Path) -> Any:
         journal.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(journal)))
     if not url.split("://", 1)[0].split("+")[0] in ("postgresql", "mysql", "sqlite"):
-        raise UserError(f"storage URL {url!r} is not an RDB URL; use postgresql://user:pass@host/db, "
+        raise UserError(f"storage URL {url!r} is not an RDB URL; use postgresql+psycopg2://user:pass@host/db, "
                         "mysql://..., sqlite:///path.db, or leave --storage out for a local journal file")
-    import warnings
-
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # a worker that dies stops its heartbeat; its trial is failed and re-queued
-            return RDBStorage(url, heartbeat_interval=60, grace_period=300,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+            # a worker that dies stops its heartbeat; its trial is failed and its candidate claimed again
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
     except ModuleNotFoundError as exc:  # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3
         raise UserError(f"cannot open the study storage {url!r}: its database driver {exc.name!r} is not installed; "
                         "use postgresql+psycopg2://user:pass@host/db with pip install -e '.[postgres]' "
@@ -60,15 +73,70 @@ def open_storage(url: str | None, journal: Path) -> Any:
                         "server is reachable (URL form: postgresql+psycopg2://user:pass@host/db)") from exc
 
 
-def open_study(name: str, storage: Any, space: dict[str, list[Any]]) -> optuna.Study:
+class ClaimedOnly(optuna.samplers.BaseSampler):
+    """The study's sampler: every trial that trains was enqueued with its candidate's parameters
+    (a claim), so sampling is never needed; a trial created without one (another worker took
+    the waiting trial first) is pruned."""
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any) -> Any:
+        raise optuna.TrialPruned("no candidate was claimed for this trial")
+
+
+def open_study(name: str, storage: Any) -> optuna.Study:
     optuna.logging.set_verbosity(logging.WARNING)
     return optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                               sampler=optuna.samplers.GridSampler(space, seed=0), load_if_exists=True)
+                               sampler=ClaimedOnly(), load_if_exists=True)
 
 
-def finished(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+def _start_ticks(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux ``/proc``), None where unknown:
+    with the pid it identifies a process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_id() -> str:
+    """This process as ``host:pid:start``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '?'}"
+
+
+def worker_alive(worker: str) -> bool:
+    """False only for a worker of this host whose process is gone (or whose pid now belongs
+    to another process); a worker of another host counts as alive (RDB heartbeats judge it)."""
+    host, pid_text, start = worker.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    return start == "?" or _start_ticks(pid) in (start, None)
+
+
+def candidate_of(t: FrozenTrial) -> str | None:
+    """The candidate a trial holds: recorded, trained, or claimed when it was enqueued."""
+    if "candidate" in t.user_attrs:
+        return t.user_attrs["candidate"]
+    params = t.params if set(t.params) >= set(KEYS) else t.system_attrs.get("fixed_params", {})
+    return candidate_name(params) if set(params) >= set(KEYS) else None
+
+
+def finished(study: optuna.Study) -> dict[str, FrozenTrial]:
     """Candidate name -> its first complete, non-duplicate trial."""
-    out: dict[str, optuna.trial.FrozenTrial] = {}
+    out: dict[str, FrozenTrial] = {}
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
         name = t.user_attrs.get("candidate")
         if name and "duplicate_of" not in t.user_attrs and name not in out:
@@ -76,47 +144,53 @@ def finished(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
     return out
 
 
-def running(study: optuna.Study, before: int | None = None) -> dict[str, int]:
-    """Candidate name -> the lowest number of a RUNNING trial on it (numbered below ``before``)."""
+def held(study: optuna.Study, before: int | None = None) -> dict[str, int]:
+    """Candidate name -> the lowest number of a waiting or running trial holding it (numbered
+    below ``before``)."""
     out: dict[str, int] = {}
-    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), key=lambda t: t.number):
-        name = t.user_attrs.get("candidate")
+    live = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+    for t in sorted(live, key=lambda t: t.number):
+        name = candidate_of(t)
         if name and (before is None or t.number < before):
             out.setdefault(name, t.number)
     return out
 
 
-def recover(study: optuna.Study, space: dict[str, list[Any]]) -> int:
-    """Fail trials a killed process left RUNNING and queue their candidates again; returns how
-    many were queued. Only for storages no live worker shares (the local journal)."""
+def reap(study: optuna.Study, now: datetime | None = None) -> int:
+    """Fail the trials whose worker is dead (see the module docstring); returns how many.
+    Their candidates become free to claim again."""
+    def failed() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+    before = failed()
+    with warnings.catch_warnings():  # "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB: stopped heartbeats; a no-op for the journal
+    now = now or datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    done = finished(study)
-    waiting = {candidate_name(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-               if set(t.params) >= set(KEYS)}
-    tried = {t.user_attrs.get("candidate") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-    queued = 0
-    for params in grid(space):
-        name = candidate_name(params)
-        if name in tried and name not in done and name not in waiting:
-            study.enqueue_trial(params, skip_if_exists=False)
-            queued += 1
-    return queued
+        worker = t.user_attrs.get("worker")
+        unsigned = worker is None and t.datetime_start is not None and \
+            (now - t.datetime_start).total_seconds() > ORPHAN_SECONDS
+        if unsigned or (worker is not None and not worker_alive(worker)):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    return failed() - before
 
 
 def make_objective(study: optuna.Study, space: dict[str, list[Any]], train: Objective) -> Callable:
     index = {candidate_name(p): i for i, p in enumerate(grid(space))}
+    me = worker_id()
 
     def objective(trial: optuna.Trial) -> float:
-        params = {k: trial.suggest_categorical(k, space[k]) for k in KEYS}
+        trial.set_user_attr("worker", me)
+        params = {k: trial.suggest_categorical(k, space[k]) for k in KEYS}  # the claimed candidate
         name = candidate_name(params)
         trial.set_user_attr("candidate", name)
-        earlier = running(study, before=trial.number).get(name)
         first = finished(study).get(name)
+        earlier = held(study, before=trial.number).get(name)
         if first is not None or earlier is not None:
             number = first.number if first is not None else earlier
             trial.set_user_attr("duplicate_of", number)
-            raise optuna.TrialPruned(f"{name} already trained by trial {number}")
+            raise optuna.TrialPruned(f"{name} already held by trial {number}")
         result = train(params, index[name])
         for key, value in result.items():
             trial.set_user_attr(key, value)
@@ -126,21 +200,34 @@ def make_objective(study: optuna.Study, space: dict[str, list[Any]], train: Obje
 
 
 def run_worker(study: optuna.Study, space: dict[str, list[Any]], train: Objective,
-               on_trial: Callable[[int, int], None] | None = None) -> None:
-    """Train candidates until every one is finished (or being trained by another worker)."""
-    names = [candidate_name(p) for p in grid(space)]
+               on_trial: Callable[[int, int], None] | None = None, poll: float = 2.0) -> None:
+    """Claim and train candidates until every one has a complete trial, waiting for (and
+    taking over from dead) workers that hold the last ones."""
+    params = grid(space)
+    names = [candidate_name(p) for p in params]
+    shift = os.getpid() % len(names)  # workers start at different candidates: fewer collisions
+    order = list(range(shift, len(names))) + list(range(shift))
     objective = make_objective(study, space, train)
+    me = worker_id()
     while True:
+        reap(study)
         done = finished(study)
-        left = [n for n in names if n not in done]
         if on_trial:
-            on_trial(len(names) - len(left), len(names))
-        if not left or set(left) <= set(running(study)):
+            on_trial(len(done), len(names))
+        if len(done) == len(names):
             return
+        taken = held(study)
+        free = [i for i in order if names[i] not in done and names[i] not in taken]
+        if free:
+            study.enqueue_trial(params[free[0]], user_attrs={"claimed_by": me}, skip_if_exists=False)
+        elif not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            time.sleep(poll)  # the rest are being trained by other workers
+            continue
         study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False)
 
 
 def results_table(study: optuna.Study) -> dict[str, dict[str, Any]]:
     """Candidate name -> its params and results (one row per candidate, duplicates dropped)."""
-    return {name: {**t.params, **{k: v for k, v in t.user_attrs.items() if k != "candidate"}, "trial": t.number}
+    bookkeeping = {"candidate", "worker", "claimed_by"}
+    return {name: {**t.params, **{k: v for k, v in t.user_attrs.items() if k not in bookkeeping}, "trial": t.number}
             for name, t in finished(study).items()}

@@ -24,5 +24,5 @@ def worker_main(storage_url: str | None, journal: str, study_name: str, cond: Co
     dev = torch.device(device)
     cond = to_device(cond, dev)
     space = get_space(cfg.space)
-    study = open_study(study_name, open_storage(storage_url, Path(journal)), space)
+    study = open_study(study_name, open_storage(storage_url, Path(journal), cfg.heartbeat))
     run_worker(study, space, lambda params, index: train_candidate(params, index, cond, cfg, dev))

@@ -5,14 +5,19 @@ checkpoint kept in its folder.
 
 Layout: ``<root>/<stage>/<name>-<key>/`` holding ``config.yaml`` (what the key was made from)
 and the stage's files. A stage is complete when its result file exists (results are written
-atomically, so a half-written file never counts).
+atomically, so a half-written file never counts). A process making an artifact holds its lock
+(``<root>/<stage>/.<name>-<key>.lock``): another run that needs the same artifact at the same
+time waits, then reuses it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +67,23 @@ class Artifact:
     @property
     def complete(self) -> bool:
         return self.result_path.is_file()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this artifact exclusively while making it (a POSIX advisory lock next to its
+        folder, so ``open(force=True)`` cannot delete it); a second holder waits, saying so."""
+        lock = self.path.parent / f".{self.path.name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"  waiting for another process that is making {self.path}", flush=True)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def open(self, force: bool = False) -> Path:
         """Create the folder (wiped first with ``force``) and record the config."""

@@ -68,14 +68,17 @@ class BufferMaker:
         if art.complete and not force:
             return SyntheticSet.load(art.result_path), art.result_path, True
         check_ipc(self.data, cfg.ipc)
-        folder = art.open(force=force)
-        self._made.add(art.key)
-        ckpt = folder / "checkpoint.pt"
-        synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress)
-        synset.meta["data_config"] = to_dict(self.data_cfg)
-        synset.meta["artifact_key"] = art.key
-        synset.meta.update(self.subset)  # e.g. source_indices then index the training set without the split
-        synset.save(art.result_path)
-        synset.save_grid(folder / "grid.png")
-        ckpt.unlink(missing_ok=True)
+        with art.lock():  # another run making the same buffer: wait for it, then reuse it
+            if art.complete and not force:
+                return SyntheticSet.load(art.result_path), art.result_path, True
+            folder = art.open(force=force)
+            self._made.add(art.key)
+            ckpt = folder / "checkpoint.pt"
+            synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress)
+            synset.meta["data_config"] = to_dict(self.data_cfg)
+            synset.meta["artifact_key"] = art.key
+            synset.meta.update(self.subset)  # e.g. source_indices then index the training set without the split
+            synset.save(art.result_path)
+            synset.save_grid(folder / "grid.png")
+            ckpt.unlink(missing_ok=True)
         return synset, art.result_path, False

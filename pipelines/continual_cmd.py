@@ -128,29 +128,30 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
         art = Artifact(Path(args.cache), "continual", f"{data.name}_{name}_{cfg.steps}steps",
                        {"memory": identity, "dataset": job.dataset.identity(data), "protocol": proto},
                        "cells.json")
-        folder = art.open(force=args.force)
-        # cells land in cells.partial.json as they finish; cells.json, the artifact's result,
-        # is written once every cell is there, so `run.py list` tells partial from complete
-        partial = folder / "cells.partial.json"
-        source = art.result_path if art.complete else partial
-        saved = json.loads(source.read_text()) if source.exists() else {}
-        done = {key: cell_from_dict(c) for key, c in saved.items()}
-        wanted = {f"{o}/{s}" for o in cfg.orders or [] for s in range(cfg.steps)}
-        bar.update(len(wanted & set(done)))
-        bar.set_description(f"continual {name}")
+        with art.lock():  # another run on the same memory and protocol: wait, then reuse its cells
+            folder = art.open(force=args.force)
+            # cells land in cells.partial.json as they finish; cells.json, the artifact's result,
+            # is written once every cell is there, so `run.py list` tells partial from complete
+            partial = folder / "cells.partial.json"
+            source = art.result_path if art.complete else partial
+            saved = json.loads(source.read_text()) if source.exists() else {}
+            done = {key: cell_from_dict(c) for key, c in saved.items()}
+            wanted = {f"{o}/{s}" for o in cfg.orders or [] for s in range(cfg.steps)}
+            bar.update(len(wanted & set(done)))
+            bar.set_description(f"continual {name}")
 
-        def dump(cells: dict) -> str:
-            return json.dumps({k2: cell_to_dict(c) for k2, c in cells.items()}, indent=1)
+            def dump(cells: dict) -> str:
+                return json.dumps({k2: cell_to_dict(c) for k2, c in cells.items()}, indent=1)
 
-        def save(cell: Any, done: dict = done, path: Path = partial) -> None:
-            done[cell.key()] = cell
-            atomic_text(path, dump(done))
+            def save(cell: Any, done: dict = done, path: Path = partial) -> None:
+                done[cell.key()] = cell
+                atomic_text(path, dump(done))
 
-        test_x = maker.prep.preprocess(data.test_x) if callable(memory) else memory.preprocess(data.test_x)
-        cells = run_memory(memory, test_x, data.test_y, benchmarks, cfg, device, done, save, bar)
-        if not art.complete and wanted <= set(cells):
-            atomic_text(art.result_path, dump(cells))
-            partial.unlink(missing_ok=True)
+            test_x = maker.prep.preprocess(data.test_x) if callable(memory) else memory.preprocess(data.test_x)
+            cells = run_memory(memory, test_x, data.test_y, benchmarks, cfg, device, done, save, bar)
+            if not art.complete and wanted <= set(cells):
+                atomic_text(art.result_path, dump(cells))
+                partial.unlink(missing_ok=True)
         all_cells[name] = {"cells": cells, "artifact": str(folder)}
     bar.close()
 

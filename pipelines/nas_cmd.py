@@ -1,7 +1,7 @@
 """``run.py nas``: the 720-ConvNet search with proxy, whole-data and early-stopping training.
 
 Resolves each proxy (a ``<method>_ipc<N>`` name, distilled once and cached, or a synset.pt
-path), trains every candidate of the space on it in an Optuna grid study (several workers may
+path), trains every candidate of the space on it in an Optuna study (several workers may
 share a study), trains the whole-data ground truth once (cached, or imported with
 ``nas.whole_results``) and writes the NAS table (md/csv/json) and the scatter plot.
 """
@@ -171,7 +171,8 @@ def add_parser(sub: Any, common: Any) -> None:
                     "stopping (the whole set for as many steps as the proxy training), rank by accuracy on "
                     "a validation split of the real training set, and report the best architecture's "
                     "whole-data test accuracy and Spearman's rho over all and the top-k candidates. Studies "
-                    "are Optuna grid studies in a journal file under --cache (or --storage URL); an "
+                    "are Optuna studies in a journal file under --cache (or --storage URL); workers claim "
+                    "candidates, so each is trained once however many workers start, join or die; an "
                     "interrupted search resumes. Writes nas.{md,csv,json} and nas_scatter.png.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"

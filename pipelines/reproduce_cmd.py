@@ -171,18 +171,21 @@ def run_cell(maker: BufferMaker, cfgs: list[DistillConfig], recipe: TrainRecipe,
                     "cell.json")
     if cell.complete:
         return json.loads(cell.result_path.read_text()) | {"reused": True}
-    t0 = time.perf_counter()
-    sets = [maker.get(c)[0] for c in cfgs]
-    results = combine_sets({f"seed{c.seed}": evaluate_set(s, eval_inputs(s, maker.data), maker.data.test_y, recipe,
-                                                          device, progress=progress, set_index=i)
-                            for i, (c, s) in enumerate(zip(cfgs, sets))})[0]
-    record = {"mean": results.mean, "std": results.std, "networks": len(results.accuracies),
-              "per_set": results.per_set, "accuracies": results.accuracies, "iterations": cfgs[0].iterations,
-              "distill_seconds": round(sum(float(s.meta.get("seconds", 0)) for s in sets), 1),
-              "eval_seconds": round(results.seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
-              "distill_config": to_dict(cfgs[0])}
-    cell.open()
-    atomic_text(cell.result_path, json.dumps(record, indent=1))
+    with cell.lock():  # another run on the same cell: wait, then reuse its result
+        if cell.complete:
+            return json.loads(cell.result_path.read_text()) | {"reused": True}
+        t0 = time.perf_counter()
+        sets = [maker.get(c)[0] for c in cfgs]
+        results = combine_sets({f"seed{c.seed}": evaluate_set(s, eval_inputs(s, maker.data), maker.data.test_y, recipe,
+                                                              device, progress=progress, set_index=i)
+                                for i, (c, s) in enumerate(zip(cfgs, sets))})[0]
+        record = {"mean": results.mean, "std": results.std, "networks": len(results.accuracies),
+                  "per_set": results.per_set, "accuracies": results.accuracies, "iterations": cfgs[0].iterations,
+                  "distill_seconds": round(sum(float(s.meta.get("seconds", 0)) for s in sets), 1),
+                  "eval_seconds": round(results.seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
+                  "distill_config": to_dict(cfgs[0])}
+        cell.open()
+        atomic_text(cell.result_path, json.dumps(record, indent=1))
     return record | {"reused": False}
 
 

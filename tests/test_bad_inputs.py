@@ -46,6 +46,7 @@ CASES = [
     (CONTINUAL, ["--set", "distill.method=dm"], r"unknown config key 'distill\.method'"),
     (NAS, ["--set", "nas.batch=0"], r"batch must be >= 1"),
     (NAS, ["--set", "nas.top_k=[5,-1]"], r"nas\.top_k must be >= 1"),
+    (NAS, ["--set", "nas.heartbeat=0"], r"nas\.heartbeat must be >= 1"),
     (NAS, ["--proxy-epochs", "0"], r"epochs must be >= 1"),
     (NAS, ["--whole-epochs", "0"], r"nas\.whole_epochs must be >= 1"),
     # where results go: a file (or a path under a file) is no folder, checked before any work

@@ -2,8 +2,10 @@
 Optuna studies (resume after a kill, concurrent workers, dedupe), the CLI and its errors."""
 
 import json
+import os
 import threading
 import time
+from datetime import timedelta
 
 import numpy as np
 import optuna
@@ -14,7 +16,8 @@ from scipy.stats import spearmanr
 from distill.errors import UserError
 from nas.report import best_pick, spearman, summary_row, top_k_spearman
 from nas.space import SPACES, candidate_name, candidate_spec, grid
-from nas.study import finished, make_objective, open_storage, open_study, recover, results_table, run_worker
+from nas.study import (ORPHAN_SECONDS, candidate_of, finished, make_objective, open_storage, open_study, reap,
+                       results_table, run_worker, worker_alive, worker_id)
 from nas.train import val_split
 from pipelines.run import main
 
@@ -73,9 +76,29 @@ def _fake_train(calls, delay=0.0):
     return train
 
 
+def _dead_worker() -> str:
+    """The worker id of a process that has exited (this host)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from nas.study import worker_id; print(worker_id())"],
+                          capture_output=True, text=True, check=True)
+    return proc.stdout.strip()
+
+
+def test_worker_identity_tells_live_from_dead_processes():
+    me = worker_id()
+    host, pid, start = me.rsplit(":", 2)
+    assert int(pid) == os.getpid() and worker_alive(me)
+    dead = _dead_worker()
+    assert dead.rsplit(":", 2)[0] == host and not worker_alive(dead)
+    assert not worker_alive(f"{host}:{pid}:{int(start) + 1}")  # same pid, another process (pid reused)
+    assert worker_alive(f"some-other-host:{pid}:1")  # another host: judged by RDB heartbeats, not here
+
+
 def test_killed_study_resumes_without_repeating_finished_candidates(tmp_path):
     space = SPACES["tiny"]
-    study = open_study("s", open_storage(None, tmp_path / "j.log"), space)
+    study = open_study("s", open_storage(None, tmp_path / "j.log"))
     calls: list[str] = []
     train = _fake_train(calls)
 
@@ -86,46 +109,53 @@ def test_killed_study_resumes_without_repeating_finished_candidates(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_worker(study, space, interrupted)
-    # a process killed outright leaves its trial RUNNING
-    orphan = study.ask()
-    make_params = {k: orphan.suggest_categorical(k, space[k]) for k in ("depth", "width", "act", "norm", "pool")}
-    orphan.set_user_attr("candidate", candidate_name(make_params))
     first = list(calls)
-    assert len(finished(study)) == 2
+    assert len(finished(study)) == 2 and study.trials[-1].state == optuna.trial.TrialState.FAIL
+    # a process killed outright leaves its trial RUNNING, signed by a pid that no longer exists
+    left = [p for p in grid(space) if candidate_name(p) not in finished(study)]
+    study.enqueue_trial(left[1])
+    orphan = study.ask()
+    orphan.set_user_attr("worker", _dead_worker())
+    # and one killed before it signed its trial: failed once it is older than ORPHAN_SECONDS
+    study.enqueue_trial(left[0])
+    unsigned = study.ask()
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert reap(study, now=frozen[unsigned.number].datetime_start) == 1  # the dead worker's only
+    assert candidate_of(frozen[unsigned.number]) == candidate_name(left[0])
 
-    again = open_study("s", open_storage(None, tmp_path / "j.log"), space)
-    recover(again, space)
+    again = open_study("s", open_storage(None, tmp_path / "j.log"))
+    later = frozen[unsigned.number].datetime_start + timedelta(seconds=ORPHAN_SECONDS + 1)
+    assert reap(again, now=later) == 1
     run_worker(again, space, train)
     rows = results_table(again)
     assert sorted(rows) == sorted(candidate_name(p) for p in grid(space))
     assert len(calls) == 4 and sorted(calls) == sorted(rows)  # each candidate trained exactly once
-    assert set(first) <= set(rows)
+    assert set(first) <= set(rows) and not {"worker", "claimed_by", "candidate"} & set(next(iter(rows.values())))
 
 
 def test_two_concurrent_workers_complete_the_grid_once(tmp_path):
     space = SPACES["tiny"]
-    open_study("c", open_storage(None, tmp_path / "j.log"), space)
+    open_study("c", open_storage(None, tmp_path / "j.log"))
     calls: list[str] = []
 
     def worker():
-        st = open_study("c", open_storage(None, tmp_path / "j.log"), space)
-        run_worker(st, space, _fake_train(calls, delay=0.2))
+        st = open_study("c", open_storage(None, tmp_path / "j.log"))
+        run_worker(st, space, _fake_train(calls, delay=0.2), poll=0.05)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    study = open_study("c", open_storage(None, tmp_path / "j.log"), space)
+    study = open_study("c", open_storage(None, tmp_path / "j.log"))
     rows = results_table(study)
     assert sorted(rows) == sorted(candidate_name(p) for p in grid(space))
-    assert all(len([n for n in rows if n == name]) == 1 for name in rows)
-    assert set(calls) == set(rows)
+    assert sorted(calls) == sorted(rows)  # nobody trained a candidate twice
 
 
 def test_duplicate_trial_is_pruned_before_training(tmp_path):
     space = SPACES["tiny"]
-    study = open_study("d", open_storage(None, tmp_path / "j.log"), space)
+    study = open_study("d", open_storage(None, tmp_path / "j.log"))
     calls: list[str] = []
     run_worker(study, space, _fake_train(calls))
     params = grid(space)[0]
@@ -133,7 +163,93 @@ def test_duplicate_trial_is_pruned_before_training(tmp_path):
     study.optimize(make_objective(study, space, _fake_train(calls)), n_trials=1)
     last = study.trials[-1]
     assert last.state == optuna.trial.TrialState.PRUNED and "duplicate_of" in last.user_attrs
+    # a trial without a claimed candidate never trains
+    study.optimize(make_objective(study, space, _fake_train(calls)), n_trials=1)
+    assert study.trials[-1].state == optuna.trial.TrialState.PRUNED and "candidate" not in study.trials[-1].user_attrs
     assert len(calls) == 4 and len(results_table(study)) == 4
+
+
+def test_two_claims_of_one_candidate_train_it_once(tmp_path):
+    """Two workers that claim the same candidate at the same moment: the lower trial number
+    trains it, the other is pruned, whichever worker pops which trial."""
+    space = SPACES["tiny"]
+    study = open_study("r", open_storage(None, tmp_path / "j.log"))
+    params = grid(space)[2]
+    study.enqueue_trial(params)
+    study.enqueue_trial(params)
+    calls: list[str] = []
+    study.optimize(make_objective(study, space, _fake_train(calls)), n_trials=2)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert calls == [candidate_name(params)] and study.trials[1].user_attrs["duplicate_of"] == 0
+
+
+_WORKER = """
+import os, sys, time
+from pathlib import Path
+import nas.study as st
+from nas.space import SPACES, candidate_name
+
+journal, log, url, remote = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] or None, sys.argv[4] == "remote"
+if remote:  # a worker on another machine: only its heartbeat can tell that it died
+    st.worker_id = lambda: f"remote-host:{os.getpid()}:1"
+
+def train(params, index):
+    name = candidate_name(params)
+    with open(log, "a") as fh:
+        fh.write(f"start {name}\\n")
+    time.sleep(1.5)
+    with open(log, "a") as fh:
+        fh.write(f"end {name}\\n")
+    return {"val_acc": 0.1 * index, "test_acc": 0.05 * index, "seconds": 1.5, "images": 1}
+
+st.run_worker(st.open_study("k", st.open_storage(url, journal, heartbeat=1)), SPACES["tiny"], train, poll=0.2)
+"""
+
+
+@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+def test_worker_processes_join_late_and_die_mid_trial(tmp_path, request, storage):
+    """OS processes on one study: two start together, one is killed (SIGKILL) in the middle of a
+    trial, a third joins late; the survivors train the dead worker's candidate again and every
+    candidate has exactly one complete trial. On the journal the dead process is recognised by
+    its pid; on PostgreSQL the victim poses as a worker of another host, so its stopped
+    heartbeat (1 s, three missed) is what frees its candidate."""
+    import signal
+    import subprocess
+    import sys
+
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else ""
+    journal, log = tmp_path / "j.log", tmp_path / "trained.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def start(role=""):
+        return subprocess.Popen([sys.executable, "-c", _WORKER, str(journal), str(log), url, role], env=env)
+
+    first, second = start("remote" if url else ""), start()
+    study = open_study("k", open_storage(url or None, journal))
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get("worker", "").split(":")[1:2] == [str(first.pid)] and "candidate" in t.user_attrs:
+                victim = t
+        time.sleep(0.05)
+    assert victim is not None, "the first worker never started a trial"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    late = start()
+    assert second.wait(timeout=120) == 0 and late.wait(timeout=120) == 0
+
+    names = sorted(candidate_name(p) for p in grid(SPACES["tiny"]))
+    trials = open_study("k", open_storage(url or None, journal)).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(t.user_attrs["candidate"] for t in complete) == names  # each exactly once
+    assert trials[victim.number].state == optuna.trial.TrialState.FAIL
+    lines = log.read_text().split()
+    ended = sorted(lines[i + 1] for i in range(0, len(lines), 2) if lines[i] == "end")
+    assert ended == names  # the killed trial never ended; its candidate was trained again to the end
+    assert victim.user_attrs["candidate"] in [t.user_attrs["candidate"] for t in complete
+                                              if t.user_attrs["worker"] != victim.user_attrs["worker"]]
 
 
 def test_storage_errors(tmp_path):
@@ -192,6 +308,31 @@ def test_cli_nas_two_worker_processes(tmp_path):
     assert main(_nas(tmp_path, "--proxy", "random_ipc2", "--workers", "2", "--set", "nas.early_stopping=false")) == 0
     rows = json.loads((tmp_path / "run" / "nas.json").read_text())["rows"]
     assert [r["candidates"] for r in rows] == [4, 4]
+
+
+def test_two_nas_processes_on_one_cache_share_every_study(tmp_path):
+    """The scale-out path on one host: two `run.py nas` processes started together on one cache
+    both finish with the same table, and every candidate of every study is trained once."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "pipelines/run.py", *_nas(tmp_path, "--proxy", "random_ipc2")]
+    procs = [subprocess.Popen([*argv, "--out", str(tmp_path / f"run{i}")], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    tables = [json.loads((tmp_path / f"run{i}" / "nas.json").read_text())["rows"] for i in range(2)]
+    assert tables[0] == [{**r, "minutes": tables[0][i]["minutes"]} for i, r in enumerate(tables[1])]
+    journals = sorted((tmp_path / "cache" / "nas").glob("*/study.journal"))
+    assert len(journals) == 3  # whole data, the proxy, early stopping
+    names = sorted(candidate_name(p) for p in grid(SPACES["tiny"]))
+    for j in journals:
+        storage = open_storage(None, j)
+        (study_name,) = optuna.get_all_study_names(storage)
+        trials = optuna.load_study(study_name=study_name, storage=storage).trials
+        trained = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert sorted(t.user_attrs["candidate"] for t in trained) == names
+        assert not [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,34 @@ def test_artifact_folder_records_its_config(tmp_path):
     assert not art.complete
     (folder / "out.json").write_text("{}")
     assert art.complete and list_artifacts(tmp_path)[0]["status"] == "complete"
+
+
+def test_two_runs_needing_one_buffer_distil_it_once(tmp_path, monkeypatch, capsys):
+    """Two concurrent makers of the same buffer on one cache: the second waits on the artifact's
+    lock, then reuses the first one's file, so the distillation runs once."""
+    import threading
+
+    data = load_digits8()
+    base = DistillConfig(iterations=4, batch_real=8, net=distiller.NetConfig(width=16))
+    makers = [BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path, progress=False)
+              for _ in range(2)]
+    cfg = makers[0].resolve("dm", 2, base)
+    real = distiller.loss_and_grad
+    started, calls = threading.Event(), []
+
+    def slow(*a, **k):  # the first distillation signals that it holds the lock, then takes its time
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)
+        return real(*a, **k)
+
+    monkeypatch.setattr(distiller, "loss_and_grad", slow)
+    results: dict[int, tuple] = {}
+    first = threading.Thread(target=lambda: results.setdefault(0, makers[0].get(cfg)))
+    first.start()
+    assert started.wait(60)
+    results[1] = makers[1].get(cfg)
+    first.join()
+    assert [results[0][2], results[1][2]] == [False, True]  # made once, then reused
+    assert len(calls) == 4 and torch.equal(results[0][0].images, results[1][0].images)
+    assert "waiting for another process that is making" in capsys.readouterr().out
