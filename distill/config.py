@@ -135,7 +135,7 @@ def key_lines(path: str | Path) -> dict[str, int]:
     """Dotted key path -> 1-based line of that key in a YAML file (``{}`` if unreadable)."""
     try:
         root = yaml.compose(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     out: dict[str, int] = {}
 
@@ -166,6 +166,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (a config file is YAML text)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

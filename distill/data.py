@@ -157,15 +157,37 @@ def read_images(paths: list[Path], resolution: int | None, desc: str) -> Tensor:
     return hwc_to_chw(np.stack(arrays))
 
 
-def cached_decode(cache: Path, build: Callable[[], ImageData]) -> ImageData:
-    """Decode a folder dataset once; later loads read the tensors back (safe: weights_only)."""
+def folder_fingerprint(base: Path, skip_prefix: str = "decoded_") -> str:
+    """SHA-256 over every file under ``base`` (relative path, size, modification time), except
+    the decode caches themselves: it changes when an image is added, removed or replaced."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(base.rglob("*")):
+        if p.is_file() and not p.name.startswith(skip_prefix):
+            st = p.stat()
+            h.update(f"{p.relative_to(base)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cached_decode(cache: Path, build: Callable[[], ImageData], source: Path) -> ImageData:
+    """Decode a folder dataset once; later loads read the tensors back (safe: weights_only). The
+    cache records ``source``'s :func:`folder_fingerprint`: a changed folder, or an unreadable
+    cache, is decoded again."""
+    stamp = folder_fingerprint(source)
     if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-        return ImageData(**{**blob, "classes": tuple(blob["classes"]),
-                            "mean": tuple(blob["mean"]), "std": tuple(blob["std"])})
+        try:
+            blob = torch.load(cache, weights_only=True)
+            fresh = isinstance(blob, dict) and blob.pop("source_fingerprint", None) == stamp
+        except Exception:  # truncated or foreign: decode again
+            fresh = False
+        if fresh:
+            return ImageData(**{**blob, "classes": tuple(blob["classes"]),
+                                "mean": tuple(blob["mean"]), "std": tuple(blob["std"])})
+        print(f"{cache}: the image folder changed since it was decoded (or the file is unreadable); decoding again")
     data = build()
     try:
-        atomic_save({f: getattr(data, f) for f in data.__dataclass_fields__}, cache)
+        atomic_save({**{f: getattr(data, f) for f in data.__dataclass_fields__}, "source_fingerprint": stamp}, cache)
     except OSError:
         pass  # read-only data folder: decode again next time
     return data

@@ -17,6 +17,7 @@ the DataDAM code (which also concatenates the classes).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -30,7 +31,7 @@ from . import augment, coreset
 from .config import to_dict
 from .data import ClassIndex, ImageData
 from .datasets import quick_defaults
-from .errors import UserError, check_range, choice_error
+from .errors import UserError, check_range, choice_error, reason
 from .matching import ATTENTION_MAPS, MatchWeights, class_statistics, concat_statistics, statistics_loss
 from .methods import get_method
 from .nets import INITS, NetSpec, has_batch_statistics, init_weights
@@ -179,6 +180,9 @@ class Prepared:
     preprocess: Preprocess
     train_x: Tensor  # float32 network-input space
     test_x: Tensor
+    # the last selection embeddings computed for this data, by (network, embed_epochs, seed):
+    # herding and k-center at several IPCs train the embedding ConvNet once
+    embeddings: dict[tuple[str, int, int], Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -230,7 +234,11 @@ def select(prep: Prepared, cfg: DistillConfig, progress: bool = False) -> Synthe
     t0 = time.perf_counter()
     emb = None
     if cfg.method != "random":
-        emb = selection_embeddings(prep, cfg, gen, progress)
+        key = (json.dumps(to_dict(cfg.net), sort_keys=True), cfg.embed_epochs, cfg.seed)
+        if key not in prep.embeddings:  # the generator is fresh here, so a reuse gives the same set
+            prep.embeddings.clear()
+            prep.embeddings[key] = selection_embeddings(prep, cfg, gen, progress)
+        emb = prep.embeddings[key]
     cpu_gen = torch.Generator().manual_seed(cfg.seed)
     idx = coreset.select_per_class(prep.data.train_y, prep.num_classes, cfg.ipc, cfg.method, emb, cpu_gen)
     images = prep.train_x[idx.to(prep.train_x.device)]
@@ -373,6 +381,24 @@ def _resume_key(cfg: DistillConfig | dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+CHECKPOINT_KEYS = ("config", "iteration", "images", "optimizer", "generator", "losses")
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A distillation checkpoint, or one error line when the file is truncated, foreign or not a
+    checkpoint at all (it is read with ``weights_only``: it never runs code)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} could not be read ({reason(exc)}); delete it to start "
+                        "again, or use a fresh --out or --force") from exc
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(blob, dict) or k not in blob]
+    if missing:
+        raise UserError(f"{path} is not a distillation checkpoint (missing {', '.join(missing)}); delete it "
+                        "to start again, or use a fresh --out or --force")
+    return blob
+
+
 def distill(
     prep: Prepared,
     cfg: DistillConfig,
@@ -408,7 +434,7 @@ def distill(
     data_id = data_identity(prep)
     state = None
     if resume and ckpt is not None and ckpt.exists():
-        blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+        blob = read_checkpoint(ckpt)
         saved_key, want = _resume_key(blob["config"]), _resume_key(cfg)
         if saved_key != want:
             changed = sorted(k2 for k2 in saved_key if saved_key[k2] != want.get(k2))

@@ -41,3 +41,11 @@ def check_range(name: str, value: float | int | None, low: float | None = None, 
         raise UserError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value}")
     if high is not None and (value > high or (high_open and value == high)):
         raise UserError(f"{name} must be {'<' if high_open else '<='} {high:g}, got {value}")
+
+
+def reason(exc: BaseException, limit: int = 200) -> str:
+    """``ClassName: first line of the message`` (or the class name alone), for one-line errors
+    that wrap a library's exception."""
+    text = str(exc).strip()
+    name = exc.__class__.__name__
+    return f"{name}: {text.splitlines()[0][:limit]}" if text else name

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import UserError
+
 ZCA_EPS = 0.1
 
 
@@ -109,5 +111,10 @@ class Preprocess:
 
     @staticmethod
     def from_state(state: dict[str, Tensor | None]) -> "Preprocess":
-        return Preprocess(**{k: state.get(k) for k in
-                             ("mean", "std", "zca_mean", "zca_matrix", "zca_inverse")})
+        """Read :meth:`state` back; every entry must be a float tensor (or absent / None)."""
+        keys = ("mean", "std", "zca_mean", "zca_matrix", "zca_inverse")
+        for k in keys:
+            v = state.get(k)
+            if v is not None and not (isinstance(v, Tensor) and v.is_floating_point()):
+                raise UserError(f"preprocess {k} must be a float tensor, got {type(v).__name__}")
+        return Preprocess(**{k: state.get(k) for k in keys})

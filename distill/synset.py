@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, reason
 from .files import atomic_save, atomic_write
 from .preprocess import Preprocess
 
@@ -85,20 +85,29 @@ class SyntheticSet:
             raise UserError("synthetic set: labels must be an int64 [N] tensor")
         if len(lab) != len(img):
             raise UserError(f"synthetic set: {len(img)} images but {len(lab)} labels")
+        if not bool(torch.isfinite(img).all()):
+            bad = int((~torch.isfinite(img)).flatten(1).any(1).sum())
+            raise UserError(f"synthetic set: {bad} of {len(img)} images hold NaN or infinite values "
+                            "(a diverged distillation?)")
         k = len(self.class_names)
         if k == 0:
             raise UserError("synthetic set: class_names is empty")
         if len(lab) and (int(lab.min()) < 0 or int(lab.max()) >= k):
             raise UserError(f"synthetic set: labels must lie in [0, {k}), found "
                             f"[{int(lab.min())}, {int(lab.max())}]")
-        c = img.shape[1]
-        if self.preprocess.mean.numel() != c or self.preprocess.std.numel() != c:
-            raise UserError(f"synthetic set: preprocess mean/std have {self.preprocess.mean.numel()} "
+        c, pre = img.shape[1], self.preprocess
+        if pre.mean.numel() != c or pre.std.numel() != c:
+            raise UserError(f"synthetic set: preprocess mean/std have {pre.mean.numel()} "
                             f"channels, images have {c}")
-        if self.preprocess.uses_zca:
+        if not bool(torch.isfinite(pre.mean).all()) or not bool((pre.std > 0).all() & torch.isfinite(pre.std).all()):
+            raise UserError("synthetic set: preprocess mean must be finite and std finite and positive")
+        if pre.uses_zca:
             d = c * img.shape[2] * img.shape[3]
-            if tuple(self.preprocess.zca_matrix.shape) != (d, d) or self.preprocess.zca_inverse is None:
+            if tuple(pre.zca_matrix.shape) != (d, d) or pre.zca_inverse is None \
+                    or tuple(pre.zca_inverse.shape) != (d, d):
                 raise UserError(f"synthetic set: ZCA matrix must be {d}x{d} with its inverse")
+            if pre.zca_mean is None or pre.zca_mean.numel() != d:
+                raise UserError(f"synthetic set: ZCA mean must have {d} values (one per pixel and channel)")
 
     # -- access ----------------------------------------------------------------------------
     @property
@@ -163,15 +172,26 @@ class SyntheticSet:
                             f"(expected {', '.join(REQUIRED_KEYS)})")
         if blob["format"] != FORMAT:
             raise UserError(f"{source}: format {blob['format']!r} is not {FORMAT!r}")
-        if int(blob["version"]) > VERSION:
+        if not isinstance(blob["version"], int):
+            raise UserError(f"{source}: version must be an integer, got {blob['version']!r}")
+        if blob["version"] > VERSION:
             raise UserError(f"{source}: file version {blob['version']} is newer than this toolkit "
                             f"reads ({VERSION}); upgrade the package")
         pre = blob["preprocess"]
         if not isinstance(pre, dict) or "mean" not in pre or "std" not in pre:
             raise UserError(f"{source}: preprocess must be a dict with mean and std")
-        return SyntheticSet(images=blob["images"], labels=blob["labels"],
-                            class_names=list(blob["class_names"]),
-                            preprocess=Preprocess.from_state(pre), meta=dict(blob["meta"]))
+        if not isinstance(blob["meta"], dict):
+            raise UserError(f"{source}: meta must be a dict, got {type(blob['meta']).__name__}")
+        if not isinstance(blob["class_names"], (list, tuple)):
+            raise UserError(f"{source}: class_names must be a list, got {type(blob['class_names']).__name__}")
+        if isinstance(blob["labels"], Tensor) and len(blob["labels"]) == 0:
+            raise UserError(f"{source} holds no images")
+        try:
+            return SyntheticSet(images=blob["images"], labels=blob["labels"],
+                                class_names=list(blob["class_names"]),
+                                preprocess=Preprocess.from_state(pre), meta=dict(blob["meta"]))
+        except UserError as exc:  # name the file
+            raise UserError(f"{source}: {exc}") from None
 
     @staticmethod
     def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> "SyntheticSet":
@@ -180,9 +200,8 @@ class SyntheticSet:
             raise UserError(f"synthetic-set file {path} does not exist")
         try:
             blob = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # unpicklable, foreign code, truncated file
-            raise UserError(f"{path} could not be read as a synthetic-set file "
-                            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        except Exception as exc:  # unpicklable, foreign code, truncated or empty file
+            raise UserError(f"{path} could not be read as a synthetic-set file ({reason(exc)})") from exc
         return SyntheticSet.from_state(blob, str(path))
 
     # -- exports ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from distill.data import ImageData
 from distill.distiller import Prepared
-from distill.errors import UserError
+from distill.errors import UserError, reason
 from distill.synset import SyntheticSet
 from distill.train import steps_per_epoch
 
@@ -54,18 +55,32 @@ def load_whole_results(path: str, names: list[str]) -> dict[str, dict[str, Any]]
     p = Path(path)
     if not p.is_file():
         raise UserError(f"nas.whole_results file {p} does not exist")
-    if p.suffix == ".json":
-        blob = json.loads(p.read_text())
-        rows = blob["rows"] if isinstance(blob, dict) else blob
-    else:
-        with open(p, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    try:
+        if p.suffix == ".json":
+            blob = json.loads(p.read_text())
+            rows = blob.get("rows") if isinstance(blob, dict) else blob
+        else:
+            with open(p, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise UserError(f"{p} is not a {'json' if p.suffix == '.json' else 'csv'} results file ({reason(exc)})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"{p}: expected a list of rows (or {{\"rows\": [...]}}) with test_acc and candidate "
+                        f"or {', '.join(KEYS)}")
     out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if "test_acc" not in r:
-            raise UserError(f"{p}: every row needs test_acc (and candidate or {', '.join(KEYS)})")
+    for i, r in enumerate(rows, 1):
+        if "test_acc" not in r or not (r.get("candidate") or all(k in r for k in KEYS)):
+            raise UserError(f"{p}: row {i} needs test_acc and candidate (or {', '.join(KEYS)})")
         name = r.get("candidate") or candidate_name({k: r[k] for k in KEYS})
-        out[name] = {"test_acc": float(r["test_acc"]), "val_acc": float(r.get("val_acc") or "nan")}
+        accs = {}
+        for col in ("test_acc", "val_acc"):
+            try:
+                accs[col] = float(r.get(col) or "nan") if col == "val_acc" else float(r[col])
+            except (TypeError, ValueError):
+                raise UserError(f"{p}: row {i}: {col} {r.get(col)!r} is not a number") from None
+        if not math.isfinite(accs["test_acc"]):
+            raise UserError(f"{p}: row {i}: test_acc must be a finite number, got {r['test_acc']!r}")
+        out[str(name)] = accs
     missing = [n for n in names if n not in out]
     if missing:
         raise UserError(f"{p} lacks {len(missing)} candidates of the space, e.g. {missing[0]}")

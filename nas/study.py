@@ -33,7 +33,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from distill.errors import UserError
+from distill.errors import UserError, reason
 
 from .space import KEYS, candidate_name, grid
 
@@ -68,8 +68,7 @@ def open_storage(url: str | None, journal: Path, heartbeat: int = 60) -> Any:
                         "use postgresql+psycopg2://user:pass@host/db with pip install -e '.[postgres]' "
                         "(psycopg2-binary)") from exc
     except Exception as exc:  # host unreachable, bad credentials
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"cannot open the study storage {url!r}: {reason}. Check that the database "
+        raise UserError(f"cannot open the study storage {url!r}: {reason(exc)}. Check that the database "
                         "server is reachable (URL form: postgresql+psycopg2://user:pass@host/db)") from exc
 
 

@@ -106,7 +106,9 @@ def list_artifacts(root: str | Path = DEFAULT_ROOT) -> list[dict[str, Any]]:
         folder = cfg.parent
         try:
             meta = yaml.safe_load(cfg.read_text()) or {}
-        except yaml.YAMLError:
+        except (UnicodeDecodeError, yaml.YAMLError):
+            meta = {}
+        if not isinstance(meta, dict):  # damaged or foreign: listed as partial, by its folder
             meta = {}
         files = [f for f in folder.rglob("*") if f.is_file()]
         done = bool(meta.get("result")) and (folder / str(meta["result"])).is_file()

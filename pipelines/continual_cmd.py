@@ -29,7 +29,7 @@ from distill.synset import SyntheticSet, library_versions
 from .artifacts import Artifact, config_key, file_digest
 from .buffers import BufferMaker, buffer_key_config
 from .common import DataConfig, build_config, RunContext, pick_device, write_yaml
-from .registry import file_label, is_path
+from .registry import is_path, report_labels
 
 
 @dataclass
@@ -76,6 +76,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
     data = job.dataset.load(quick_defaults(job.dataset.name, "continual").get("resolution"))
     cfg = resolve_continual(job.continual, data.name, data.num_classes)
     specs = [m.strip() for m in cfg.memories or [] if m.strip()]
+    labels = report_labels(specs, "--memories")
     files = [s for s in specs if is_path(s)]
     for spec in specs:  # every typo before any long work
         if spec not in files:
@@ -96,7 +97,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
     for spec in files:
         synset = SyntheticSet.load(spec)
         check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
-        memories[file_label(spec)] = (synset, "file:" + file_digest(spec))
+        memories[labels[spec]] = (synset, "file:" + file_digest(spec))
     maker = BufferMaker(job.dataset, data, device, args.cache, args.force, progress=not args.quiet)
     for spec in [s for s in specs if s not in files and s in STEPWISE]:
         dcfg = maker.resolve(spec, cfg.ipc, job.distill)
@@ -116,7 +117,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
         print(f"  memory {spec}: {'reused' if reused else 'made'} {path}")
         check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
         memories[spec] = (synset, "buffer:" + maker.artifact(dcfg).key)
-    ordered = {name: memories[name] for name in [file_label(s) if s in files else s for s in specs]}
+    ordered = {labels[s]: memories[labels[s]] for s in specs}
 
     # 2. the protocol, cell by cell, cached per memory
     benchmarks = benchmarks_for(data.train_x, data.train_y, data.test_x, data.test_y, k, cfg)

@@ -30,7 +30,7 @@ from nas.space import candidate_name, get_space, grid
 from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
 from .common import DataConfig, RunContext, build_config, pick_device, write_yaml
-from .registry import dataset_base, file_label, lookup
+from .registry import dataset_base, lookup, report_labels
 
 
 @dataclass
@@ -79,6 +79,11 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     specs = [s.strip() for s in (args.proxy or "").split(",") if s.strip()]
     if not specs:
         raise UserError("give at least one --proxy: a name like atom_ipc50 or a synset.pt path")
+    labels = report_labels(specs, "--proxy")
+    for spec, label in labels.items():  # the table's own rows
+        if label == "whole" or label.startswith("early_"):
+            raise UserError(f"--proxy {spec!r} would be reported as {label!r}, a row the NAS table uses itself; "
+                            "rename the file")
     parsed = {s: lookup(s) for s in specs}
     named = dataset_base([p for p in parsed.values() if p])  # the proxies' dataset keys, which must agree
     job = build_config(NASJob, args, {
@@ -103,7 +108,9 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
           f"({cfg.space} space), proxies {', '.join(specs)}, proxy {cfg.proxy_epochs} / whole "
           f"{cfg.whole_epochs} epochs, {cfg.workers} worker(s), on {device} -> {out}")
 
-    # proxies first: a missing file or a set from another dataset fails before any training
+    # inputs first: a bad results file, a missing proxy file or a set from another dataset fails
+    # before any distillation or training
+    whole = load_whole_results(cfg.whole_results, names) if cfg.whole_results else None
     proxies: dict[str, tuple[SyntheticSet, str, Any]] = {}  # set, identity, test images in its space
     train_idx, val_idx = holdout(data, cfg)
     # proxies made here are distilled without the validation images (the key records the split)
@@ -112,7 +119,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     for spec, p in parsed.items():
         if p is None:
             synset = SyntheticSet.load(spec)
-            proxies[file_label(spec)] = (synset, "file:" + file_digest(spec), eval_inputs(synset, data))
+            proxies[labels[spec]] = (synset, "file:" + file_digest(spec), eval_inputs(synset, data))
     for spec, p in parsed.items():
         if p is not None:
             dcfg = maker.resolve(p.method, p.ipc, p.distill_config(job.distill))
@@ -124,9 +131,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     base = {"dataset": job.dataset.identity(data), "space": cfg.space, "val": [cfg.val_fraction, cfg.val_seed],
             "recipe": [cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch, cfg.dsa, cfg.init], "seed": cfg.seed}
     whole_cond = whole_condition(prep, cfg, train_idx, val_idx)
-    if cfg.whole_results:
-        whole = load_whole_results(cfg.whole_results, names)
-    else:
+    if whole is None:
         whole = run_study(f"{data.name}_whole", whole_cond, {**base, "epochs": cfg.whole_epochs}, cfg,
                           Path(args.cache), device, args.force, args.quiet)
 

@@ -84,6 +84,21 @@ def file_label(path: str) -> str:
     return p.parent.name if p.stem == "synset" and p.parent.name else p.stem
 
 
+def report_labels(specs: list[str], flag: str) -> dict[str, str]:
+    """Spec -> the label its rows carry in reports (a name as given, a file as :func:`file_label`);
+    two specs that would share a label, or one given twice, are an error."""
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for spec in specs:
+        label = file_label(spec) if is_path(spec) else spec
+        if label in seen:
+            what = "is given twice" if seen[label] == spec else f"and {seen[label]!r} would both be reported as {label!r}"
+            raise UserError(f"{flag}: {spec!r} {what}; give each once, with distinct file names")
+        seen[label] = spec
+        out[spec] = label
+    return out
+
+
 def lookup(name: str) -> BufferDef | None:
     """The definition of a buffer name; None when ``name`` is a file path."""
     if is_path(name):

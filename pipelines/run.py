@@ -14,6 +14,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 try:  # running as a script from a checkout without installing the package
     import distill  # noqa: F401
@@ -23,8 +24,9 @@ except ImportError:  # pragma: no cover
 import torch
 
 from distill.config import to_dict
+from distill.data import ImageData
 from distill.datasets import DATASETS
-from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve
+from distill.distiller import EXECUTION_KEYS, DistillConfig, check_ipc, distill, prepare, resolve
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, combine_sets, eval_inputs, evaluate_set, resolve_eval
 from distill.train import TrainRecipe, keep_host_memory
@@ -50,6 +52,23 @@ class DistillJob:
 # distill
 
 
+def finished_here(args: argparse.Namespace, cfg: DistillConfig, data: ImageData) -> bool:
+    """A finished set in ``--out`` is never overwritten without ``--force``: True (nothing to
+    do, said) when it was made from the same data with the same config, else one error line."""
+    done = Path(args.out) / "synset.pt" if args.out else None
+    if args.force or done is None or not done.is_file():
+        return False
+    old = SyntheticSet.load(done)
+    same = (old.meta.get("dataset") == data.name and list(old.meta.get("image_size") or []) == list(data.image_size)
+            and {k: v for k, v in (old.meta.get("config") or {}).items() if k not in EXECUTION_KEYS}
+            == {k: v for k, v in to_dict(cfg).items() if k not in EXECUTION_KEYS})
+    if not same:
+        raise UserError(f"--out {args.out} already holds a finished synthetic set made with another config or "
+                        "data; give another --out, or --force to replace it")
+    print(f"{done} is already finished with this config; nothing to do (--force distils it again)")
+    return True
+
+
 def cmd_distill(args: argparse.Namespace, run: RunContext) -> int:
     named = lookup(args.buffer) if args.buffer else None
     if args.buffer and named is None:
@@ -71,6 +90,8 @@ def cmd_distill(args: argparse.Namespace, run: RunContext) -> int:
     cfg = resolve(job.distill, data.image_size[0], data.name)
     check_ipc(data, cfg.ipc)
     lead = d.rank == 0
+    if finished_here(args, cfg, data):
+        return 0
     out = run.folder_for(args.out, f"distill-{data.name}-{cfg.method}-ipc{cfg.ipc}", record=lead)
     if lead:
         resolved = {"dataset": to_dict(job.dataset), "distill": to_dict(cfg), "device": str(device),
@@ -130,6 +151,12 @@ class EvaluateJob:
     eval: TrainRecipe = field(default_factory=TrainRecipe)
 
 
+def evaluation_defaults(device: torch.device) -> dict[str, Any]:
+    """The device's defaults under every config file and flag: on a GPU the papers' 20 networks
+    per set (docs/protocols.md section 3); on the CPU ``TrainRecipe``'s 5."""
+    return {"eval": {"models": 20}} if device.type == "cuda" else {}
+
+
 def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
     files = [s.strip() for s in args.synset.split(",") if s.strip()]
     if not files:
@@ -141,12 +168,12 @@ def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
         raise UserError(f"--synset names a file twice: {args.synset}")
     sets = [SyntheticSet.load(f) for f in files]  # every file is checked before any training
     synset = sets[0]
+    device = pick_device(args.device)
     job: EvaluateJob = build_config(EvaluateJob, args, {
         "dataset.name": args.dataset or synset.meta.get("dataset"), "dataset.root": args.data_root,
         "eval.models": args.models, "eval.epochs": args.epochs, "eval.seed": args.seed,
         "eval.archs": args.arch.split(",") if args.arch else None,
-    })
-    device = pick_device(args.device)
+    }, evaluation_defaults(device))
     cfg = resolve_eval(job.eval, job.dataset.name)
     data = job.dataset.load(synset.image_shape[1])  # the real data at the set's size
     test_xs = [eval_inputs(s, data) for s in sets]
@@ -283,7 +310,7 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("--synset", required=True,
                    help="a synset.pt path, or several, comma-separated (e.g. one per distillation seed): "
                         "the papers' protocol, one mean +- std over every network of every set")
-    v.add_argument("--models", type=int, help="networks per architecture (default 5; papers 20)")
+    v.add_argument("--models", type=int, help="networks per architecture (default: 20 on a GPU, as the papers; 5 on the CPU)")
     v.add_argument("--arch", help="comma-separated: convnet, alexnet, vgg11, resnet18, vit, a norm variant "
                                   "like resnet18-batchnorm, or all (= " + ", ".join(ALL_ARCHS) + ")")
     v.add_argument("--epochs", type=int, help="training epochs (default 1000; digits 300)")

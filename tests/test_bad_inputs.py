@@ -83,3 +83,140 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, capsys, digits_prep, j
     assert len(err) == 1 and err[0].startswith("error: ") and re.search(pattern, err[0]), err
     # checked before long work: nothing was distilled, trained or cached
     assert not list(tmp_path.glob("cache/*/*/synset.pt")) and not (tmp_path / "out" / "synset.pt").exists()
+
+
+# -- bad files: every loader answers a damaged, foreign or malformed file with one error line --
+
+def _good_set(prep, path):
+    idx = torch.cat([torch.nonzero(prep.data.train_y == c).flatten()[:2] for c in range(10)])
+    s = SyntheticSet(prep.train_x[idx], prep.data.train_y[idx], list(prep.data.classes), prep.preprocess,
+                     {"dataset": "digits", "method": "random", "ipc": 2})
+    s.save(path)
+    return s
+
+
+def _edited_set(edit):
+    """A valid set file, then ``edit`` applied to its saved dict."""
+    def write(prep, path):
+        _good_set(prep, path)
+        blob = torch.load(path, weights_only=True)
+        edit(blob)
+        torch.save(blob, path)
+    return write
+
+
+def _bytes(data: bytes):
+    def write(_prep, path):
+        path.write_bytes(data)
+    return write
+
+
+def _truncated(prep, path):
+    _good_set(prep, path)
+    path.write_bytes(path.read_bytes()[:700])
+
+
+def _text(text: str):
+    def write(_prep, path):
+        path.write_text(text)
+    return write
+
+
+WHOLE = NAS + ["--whole-results", "{file}"]
+SYNSET = EVALUATE + ["--synset", "{file}"]
+
+FILE_CASES = [
+    # (name, file suffix, how the file is written, argv, pattern of the one error line)
+    ("binary config", ".yaml", _bytes(bytes(range(128, 256)) * 4), DISTILL + ["--config", "{file}"],
+     r"not a text file"),
+    ("config is a list", ".yaml", _text("- 1\n- 2\n"), DISTILL + ["--config", "{file}"], r"must be a mapping of keys"),
+    ("empty set file", ".pt", _bytes(b""), SYNSET, r"could not be read as a synthetic-set file"),
+    ("truncated set file", ".pt", _truncated, SYNSET, r"could not be read as a synthetic-set file"),
+    ("text as set file", ".pt", _text("hello"), SYNSET, r"could not be read as a synthetic-set file"),
+    ("foreign dict", ".pt", lambda _p, path: torch.save({"weights": torch.ones(2)}, path), SYNSET,
+     r"is not a synthetic-set file: missing keys"),
+    ("NaN images", ".pt", _edited_set(lambda b: b["images"].view(-1)[::7].fill_(float("nan"))), SYNSET,
+     r"20 images hold NaN or infinite values"),
+    ("inf images", ".pt", _edited_set(lambda b: b["images"][3].fill_(float("inf"))), SYNSET,
+     r"1 of 20 images hold NaN or infinite"),
+    ("no images", ".pt", _edited_set(lambda b: b.update(images=b["images"][:0], labels=b["labels"][:0])), SYNSET,
+     r"holds no images"),
+    ("labels shorter", ".pt", _edited_set(lambda b: b.update(labels=b["labels"][:3])), SYNSET,
+     r"20 images but 3 labels"),
+    ("labels out of range", ".pt", _edited_set(lambda b: b.update(labels=b["labels"] + 10)), SYNSET,
+     r"labels must lie in \[0, 10\)"),
+    ("meta not a dict", ".pt", _edited_set(lambda b: b.update(meta=[1, 2])), SYNSET, r"meta must be a dict"),
+    ("class_names not a list", ".pt", _edited_set(lambda b: b.update(class_names=7)), SYNSET,
+     r"class_names must be a list"),
+    ("version not a number", ".pt", _edited_set(lambda b: b.update(version="one")), SYNSET,
+     r"version must be an integer, got 'one'"),
+    ("preprocess mean a list", ".pt", _edited_set(lambda b: b["preprocess"].update(mean=[0.5])), SYNSET,
+     r"bad\.pt: preprocess mean must be a float tensor, got list"),
+    ("preprocess std zero", ".pt", _edited_set(lambda b: b["preprocess"].update(std=torch.zeros(1))), SYNSET,
+     r"std finite and positive"),
+    ("ZCA matrix of the wrong size", ".pt", _edited_set(lambda b: b["preprocess"].update(
+        zca_matrix=torch.eye(5), zca_inverse=torch.eye(5), zca_mean=torch.zeros(5))), SYNSET,
+     r"ZCA matrix must be 256x256 with its inverse"),
+    ("ZCA mean of the wrong size", ".pt", _edited_set(lambda b: b["preprocess"].update(
+        zca_matrix=torch.eye(256), zca_inverse=torch.eye(256), zca_mean=torch.zeros(3))), SYNSET,
+     r"ZCA mean must have 256 values"),
+    ("images a string", ".pt", _edited_set(lambda b: b.update(images="abc")), SYNSET,
+     r"images must be a float \[N, C, H, W\] tensor"),
+    ("whole results: broken json", ".json", _text("{\"rows\": [1,"), WHOLE, r"is not a json results file"),
+    ("whole results: json object without rows", ".json", _text("{\"a\": 1}"), WHOLE, r"expected a list of rows"),
+    ("whole results: json rows not objects", ".json", _text("[1, 2]"), WHOLE, r"expected a list of rows"),
+    ("whole results: row without candidate", ".json", _text("[{\"test_acc\": 0.5}]"), WHOLE,
+     r"row 1 needs test_acc and candidate"),
+    ("whole results: accuracy not a number", ".csv", _text("candidate,test_acc\nx,abc\n"), WHOLE,
+     r"row 1: test_acc 'abc' is not a number"),
+    ("whole results: NaN accuracy", ".csv", _text("candidate,test_acc\nx,nan\n"), WHOLE,
+     r"row 1: test_acc must be a finite number"),
+    ("whole results: binary", ".csv", _bytes(bytes(range(128, 256))), WHOLE, r"is not a csv results file"),
+    # a checkpoint in --out that is damaged or not a checkpoint: refused, never half-read
+    ("truncated checkpoint", ".pt", lambda _p, path: torch.save({"iteration": 3, "images": torch.ones(9)}, path),
+     DISTILL + ["--method", "dm", "--out", "{folder}"], r"is not a distillation checkpoint \(missing config, optimizer"),
+    ("garbage checkpoint", ".pt", _bytes(b"\x80\x04garbage"), DISTILL + ["--method", "dm", "--out", "{folder}"],
+     r"checkpoint .*checkpoint\.pt could not be read"),
+    # two sets that the reports would call alike
+    ("memory file named like a method", ".pt", _good_set, CONTINUAL + ["--memories", "dm,{dm}"],
+     r"--memories: '.*/dm\.pt' and 'dm' would both be reported as 'dm'"),
+    ("memory given twice", ".pt", _good_set, CONTINUAL + ["--memories", "random,herding,random"],
+     r"--memories: 'random' is given twice"),
+    ("proxy given twice", ".pt", _good_set, ["nas", "--dataset", "digits", "--space", "tiny", "--quiet",
+                                             "--proxy", "random_ipc2,random_ipc2"], r"--proxy: 'random_ipc2' is given twice"),
+    ("proxy file named like a table row", ".pt", _good_set, ["nas", "--dataset", "digits", "--space", "tiny",
+                                                            "--quiet", "--proxy", "{whole}"],
+     r"would be reported as 'whole', a row the NAS table uses itself"),
+]
+
+
+@pytest.mark.parametrize("writer,suffix,job,pattern", [c[2:3] + c[1:2] + c[3:] for c in FILE_CASES],
+                         ids=[c[0] for c in FILE_CASES])
+def test_bad_file_is_one_error_line_and_exit_2(tmp_path, capsys, digits_prep, writer, suffix, job, pattern):
+    names = {"{file}": f"bad{suffix}", "{folder}": "run/checkpoint.pt", "{dm}": "dm.pt", "{whole}": "whole.pt"}
+    given = next((k for k in names if any(k in a for a in job)), "{file}")
+    bad = tmp_path / names[given]
+    bad.parent.mkdir(exist_ok=True)
+    writer(digits_prep, bad)
+    argv = [a.replace(given, str(bad.parent if given == "{folder}" else bad)) for a in job]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    if job[0] in ("nas", "continual"):
+        argv += ["--cache", str(tmp_path / "cache")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(pattern, err[0]), err
+    assert not list(tmp_path.glob("cache/*/*/*.json")) and not list(tmp_path.glob("cache/*/*/synset.pt"))
+    assert not (tmp_path / "out" / "evaluation.json").exists() and not (tmp_path / "run" / "synset.pt").exists()
+
+
+def test_list_shows_damaged_artifact_folders_as_partial(tmp_path, capsys):
+    for name, text in (("binary", bytes(range(128, 256))), ("alist", b"- 1\n- 2\n"), ("broken", b"key: [1,\n")):
+        folder = tmp_path / "buffers" / f"{name}-0123456789ab"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_bytes(text)
+    assert main(["list", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("binary", "alist", "broken"):
+        row = next(line for line in out.splitlines() if f"{name}-0123456789ab" in line and "buffers" in line)
+        assert "partial" in row

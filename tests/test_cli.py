@@ -34,6 +34,26 @@ def test_distill_digits_herding_end_to_end(tmp_path, capsys):
     assert (tmp_path / "e.npz").is_file()
 
 
+def test_finished_distillation_is_not_overwritten_without_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2", "--quiet",
+            "--set", "distill.batch_real=8", "--set", "distill.net.width=16", "--out", str(out)]
+    assert main(argv) == 0
+    first = (out / "synset.pt").read_bytes()
+    capsys.readouterr()
+    # the same command again: nothing to do, said, and the file untouched
+    assert main(argv) == 0
+    assert "already finished with this config; nothing to do" in capsys.readouterr().out
+    assert (out / "synset.pt").read_bytes() == first
+    # another config into the same folder: refused
+    code, err = _err(capsys, [*argv, "--set", "distill.lam=0.5"])
+    assert code == 2 and len(err) == 1 and "already holds a finished synthetic set" in err[0]
+    assert (out / "synset.pt").read_bytes() == first
+    # --force replaces it
+    assert main([*argv, "--set", "distill.lam=0.5", "--force"]) == 0
+    assert SyntheticSet.load(out / "synset.pt").meta["config"]["lam"] == 0.5
+
+
 def test_config_file_and_overrides(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset:\n  name: digits\ndistill:\n  method: atom\n  ipc: 1\n  iterations: 2\n"
@@ -104,3 +124,22 @@ def test_interruption_hint_names_the_folder_to_continue(tmp_path, capsys, monkey
     assert json.loads((made / "timings.json").read_text())["exit_code"] == 130
     assert main([*argv, "--out", str(tmp_path / "mine")]) == 130  # a given folder: the same command
     assert "run the same command again" in capsys.readouterr().err
+
+
+def test_evaluate_trains_the_papers_20_networks_on_a_gpu_unless_told(tmp_path):
+    """The device's default lies under every config file and flag (no GPU needed to check)."""
+    import argparse
+
+    from pipelines.common import build_config
+    from pipelines.run import EvaluateJob, evaluation_defaults
+
+    def models(device, config=None, sets=(), flag=None):
+        args = argparse.Namespace(config=config, set=list(sets))
+        job = build_config(EvaluateJob, args, {"eval.models": flag}, evaluation_defaults(torch.device(device)))
+        return job.eval.models
+
+    assert models("cuda") == 20 and models("cpu") == 5
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text("eval:\n  models: 3\n")
+    assert models("cuda", config=str(cfg)) == 3 and models("cuda", flag=7) == 7
+    assert models("cuda", sets=["eval.models=2"]) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,19 @@ def test_tinyimagenet_layout(tmp_path):
     # the decoded cache gives back the same tensors
     again = load_dataset("tinyimagenet", tmp_path)
     assert torch.equal(again.train_x, data.train_x) and again.classes == data.classes
+    # an image added to the folder, or one replaced: the cache notices and decodes again
+    _jpeg(base / "train" / "n01" / "images" / "n01_9.JPEG", rng, 64)
+    grown = load_dataset("tinyimagenet", tmp_path)
+    assert grown.train_x.shape[0] == 10 and grown.train_y.tolist() == [0] * 4 + [1] * 2 + [2] * 4
+    replaced = base / "train" / "n02" / "images" / "n02_0.JPEG"
+    _jpeg(replaced, np.random.default_rng(7), 64)
+    os.utime(replaced, ns=(1, 1))  # a new image with an old time stamp still changes size or time
+    changed = load_dataset("tinyimagenet", tmp_path)
+    want = torch.from_numpy(np.array(Image.open(replaced).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(changed.train_x[4], want)  # n02 is class 1: after the four n01 images
+    # a damaged cache file is decoded again, not a traceback
+    (base / "decoded_64.pt").write_bytes(b"broken")
+    assert torch.equal(load_dataset("tinyimagenet", tmp_path).train_x, changed.train_x)
 
 
 def test_tinyimagenet_missing(tmp_path):

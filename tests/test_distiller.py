@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from distill.distiller import (DistillConfig, NetConfig, distill, match_weights, resolve, loss_and_grad)
+import distill.distiller as distiller
+from distill.distiller import (DistillConfig, NetConfig, distill, match_weights, prepare, resolve, loss_and_grad)
 from distill.errors import UserError
 
 SMALL = dict(ipc=2, batch_real=16, net=NetConfig(width=32), checkpoint_every=0)
@@ -109,6 +110,23 @@ def test_selection_methods(digits_prep):
         idx = torch.tensor(s.meta["source_indices"])
         assert torch.equal(s.images, digits_prep.train_x[idx])
         assert torch.equal(digits_prep.data.train_y[idx], s.labels)
+
+
+def test_selection_embeddings_are_trained_once_per_data_and_seed(digits, monkeypatch):
+    """Herding and k-center at several IPCs share one embedding ConvNet (same network, epochs and
+    seed), and the sets equal those made from scratch."""
+    calls = []
+    real = distiller.selection_embeddings
+    monkeypatch.setattr(distiller, "selection_embeddings", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    shared = prepare(digits)
+    made = [distill(shared, _cfg(m, ipc=i, embed_epochs=1), progress=False)
+            for m, i in (("herding", 1), ("herding", 3), ("kcenter", 2))]
+    assert len(calls) == 1
+    distill(shared, _cfg("herding", ipc=1, embed_epochs=1, seed=1), progress=False)
+    assert len(calls) == 2  # another seed: another network
+    for s, (m, i) in zip(made, (("herding", 1), ("herding", 3), ("kcenter", 2))):
+        fresh = distill(prepare(digits), _cfg(m, ipc=i, embed_epochs=1), progress=False)
+        assert s.meta["source_indices"] == fresh.meta["source_indices"]
 
 
 def test_presets_and_defaults():

@@ -51,7 +51,7 @@ def load_imagefolder(name: str, base: Path, resolution: int) -> ImageData:
             std=IMAGENET_STD,
         )
 
-    return cached_decode(base / f"decoded_{resolution}.pt", build)
+    return cached_decode(base / f"decoded_{resolution}.pt", build, base)
 
 
 def _subset(name: str, root: Path, resolution: int) -> ImageData:

@@ -54,7 +54,7 @@ def load_tinyimagenet(root: Path) -> ImageData:
             std=IMAGENET_STD,
         )
 
-    return cached_decode(base / "decoded_64.pt", build)
+    return cached_decode(base / "decoded_64.pt", build, base)
 
 
 register(DatasetDef("tinyimagenet", lambda root, _res, _download: load_tinyimagenet(root), resolution=64))
