@@ -120,6 +120,10 @@ def build_config(cls: type, args: argparse.Namespace, cli: dict[str, Any],
     data = copy.deepcopy(base or {})  # overrides write into nested sections: keep the caller's intact
     if args.config:
         data = _merge(data, load_yaml(args.config))
+        try:  # the file on its own: a bad value in it is reported even where a flag overrides it
+            from_dict(cls, copy.deepcopy(data))
+        except ConfigError as exc:
+            raise locate(exc, args.config) from None
     for key, value in cli.items():
         if value is not None:
             apply_override(data, f"{key}={json.dumps(value)}")

@@ -130,6 +130,8 @@ FILE_CASES = [
     ("binary config", ".yaml", _bytes(bytes(range(128, 256)) * 4), DISTILL + ["--config", "{file}"],
      r"not a text file"),
     ("config is a list", ".yaml", _text("- 1\n- 2\n"), DISTILL + ["--config", "{file}"], r"must be a mapping of keys"),
+    ("bad value in a config file that a flag overrides", ".yaml", _text("distill:\n  lam: abc\n"),
+     DISTILL + ["--config", "{file}", "--set", "distill.lam=0.1"], r"bad\.yaml:2: distill\.lam: expected a number"),
     ("empty set file", ".pt", _bytes(b""), SYNSET, r"could not be read as a synthetic-set file"),
     ("truncated set file", ".pt", _truncated, SYNSET, r"could not be read as a synthetic-set file"),
     ("text as set file", ".pt", _text("hello"), SYNSET, r"could not be read as a synthetic-set file"),
