@@ -171,3 +171,27 @@ def write_run_record(folder: Path, argv: list[str], started: float, seconds: flo
 
 def write_yaml(path: Path, data: Any) -> None:
     atomic_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+RUN_ONLY = ("device", "cache", "versions")  # where and with what a job ran, not what it computed
+
+
+def write_job_config(out: Path, record: dict[str, Any], result: str, force: bool) -> None:
+    """Record a job's resolved config as ``out/config.yaml``. A folder that already holds the
+    finished ``result`` of a job with another config is not reused without ``--force`` (its
+    tables would be replaced); the same job again is allowed: it rebuilds its tables from the
+    artifact cache."""
+    path = out / "config.yaml"
+    if not force and (out / result).is_file() and path.is_file():
+        try:
+            old = yaml.safe_load(path.read_text())
+        except (UnicodeDecodeError, yaml.YAMLError):
+            old = None
+
+        def what(d: Any) -> Any:
+            return {k: v for k, v in d.items() if k not in RUN_ONLY} if isinstance(d, dict) else d
+
+        if what(old) != what(yaml.safe_load(yaml.safe_dump(record))):
+            raise UserError(f"--out {out} holds the finished results of another configuration ({result}); "
+                            "give another --out, or --force to replace them")
+    write_yaml(path, record)

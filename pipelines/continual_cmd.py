@@ -28,7 +28,7 @@ from distill.synset import SyntheticSet, library_versions
 
 from .artifacts import Artifact, config_key, file_digest
 from .buffers import BufferMaker, buffer_key_config
-from .common import DataConfig, build_config, RunContext, pick_device, write_yaml
+from .common import DataConfig, build_config, RunContext, pick_device, write_job_config
 from .registry import is_path, report_labels
 
 
@@ -82,9 +82,9 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
         if spec not in files:
             get_method(spec)
     out = run.folder_for(args.out, f"continual-{data.name}-{cfg.steps}steps")
-    write_yaml(out / "config.yaml", {"dataset": to_dict(job.dataset), "continual": to_dict(cfg),
-                                     "distill": to_dict(job.distill), "device": str(device),
-                                     "cache": str(args.cache), "versions": library_versions()})
+    write_job_config(out, {"dataset": to_dict(job.dataset), "continual": to_dict(cfg),
+                           "distill": to_dict(job.distill), "device": str(device),
+                           "cache": str(args.cache), "versions": library_versions()}, "continual.json", args.force)
     shape = (data.channels, *data.image_size)
     k = data.num_classes
     print(f"continual learning on {data.name} ({k} classes, {shape[1]}x{shape[2]}): {cfg.steps} steps, "

@@ -29,7 +29,7 @@ from nas.space import candidate_name, get_space, grid
 
 from .artifacts import Artifact, file_digest
 from .buffers import BufferMaker
-from .common import DataConfig, RunContext, build_config, pick_device, write_yaml
+from .common import DataConfig, RunContext, build_config, pick_device, write_job_config
 from .registry import dataset_base, lookup, report_labels
 
 
@@ -101,9 +101,9 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     check_space_fits(space, data)
     names = [candidate_name(p) for p in grid(space)]
     out = run.folder_for(args.out, f"nas-{data.name}-{cfg.space}")
-    write_yaml(out / "config.yaml", {"dataset": to_dict(job.dataset), "nas": to_dict(cfg), "proxies": specs,
-                                     "distill": to_dict(job.distill), "device": str(device),
-                                     "cache": str(args.cache), "versions": library_versions()})
+    write_job_config(out, {"dataset": to_dict(job.dataset), "nas": to_dict(cfg), "proxies": specs,
+                           "distill": to_dict(job.distill), "device": str(device),
+                           "cache": str(args.cache), "versions": library_versions()}, "nas.json", args.force)
     print(f"NAS on {data.name} ({data.image_size[0]}x{data.image_size[1]}): {len(names)} candidates "
           f"({cfg.space} space), proxies {', '.join(specs)}, proxy {cfg.proxy_epochs} / whole "
           f"{cfg.whole_epochs} epochs, {cfg.workers} worker(s), on {device} -> {out}")

@@ -38,7 +38,7 @@ from distill.train import TrainRecipe
 
 from .artifacts import Artifact
 from .buffers import BufferMaker
-from .common import DataConfig, RunContext, build_config, pick_device
+from .common import DataConfig, RunContext, build_config, pick_device, write_job_config
 
 TABLES_DIR = Path(__file__).resolve().parent / "configs" / "tables"
 
@@ -227,6 +227,10 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
     maker = BufferMaker(job.dataset, data, device, args.cache, progress=not args.quiet,
                         subset={"per_class": budget.per_class} if budget.per_class else None)
     out = run.folder_for(args.out, f"reproduce-{table.name}-{budget.name}")
+    write_job_config(out, {"table": table.name, "budget": to_dict(budget), "cells": [[c.method, c.ipc] for c in cells],
+                           "dataset": to_dict(job.dataset), "distill": to_dict(job.distill), "eval": to_dict(recipe),
+                           "device": str(device), "cache": str(args.cache), "versions": library_versions()},
+                     "reproduce.json", args.force)
     title = f"{table.title}; {budget.describe()}"
     print(f"reproducing {table.name}: {len(cells)} cells on {device} ({budget.describe()}) -> {out}")
     measured: dict[tuple[str, int], dict[str, Any]] = {}
@@ -286,5 +290,7 @@ def add_parser(sub: Any, common: Any) -> None:
     r.add_argument("--seed", type=int, help="first distillation seed (default 0)")
     r.add_argument("--data-root", help="data folder (default: data)")
     r.add_argument("--cache", default="artifacts", help="artifact cache for sets and cells (default: artifacts)")
+    r.add_argument("--force", action="store_true", help="replace the tables of another configuration in --out "
+                                                        "(cached sets and cells are kept and reused)")
     common(r)
     r.set_defaults(func=cmd_reproduce)

@@ -304,6 +304,19 @@ def test_cli_nas_end_to_end_cached_and_imported_ground_truth(tmp_path, capsys):
     assert blob2["rows"][0]["best_whole_test"] == blob["rows"][0]["best_whole_test"]
 
 
+def test_finished_nas_tables_are_not_replaced_by_another_configuration(tmp_path, capsys):
+    argv = _nas(tmp_path, "--proxy", "random_ipc2", "--set", "nas.early_stopping=false")
+    assert main(argv) == 0
+    table = (tmp_path / "run" / "nas.json").read_text()
+    assert main(argv) == 0  # the same job again: rebuilt from the cache
+    capsys.readouterr()
+    assert main([*argv, "--proxy-epochs", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds the finished results of another configuration (nas.json)" in err[0]
+    assert json.loads((tmp_path / "run" / "nas.json").read_text())["rows"] == json.loads(table)["rows"]
+    assert main([*argv, "--proxy-epochs", "4", "--force"]) == 0
+
+
 def test_cli_nas_two_worker_processes(tmp_path):
     assert main(_nas(tmp_path, "--proxy", "random_ipc2", "--workers", "2", "--set", "nas.early_stopping=false")) == 0
     rows = json.loads((tmp_path / "run" / "nas.json").read_text())["rows"]

@@ -68,3 +68,11 @@ def test_smoke_run_matches_evaluate_and_resumes_from_cached_cells(tmp_path, caps
     assert capsys.readouterr().out.count("[cached]") == 2
     again = json.loads((tmp_path / "b" / "reproduce.json").read_text())
     assert [r["ours"] for r in again["rows"]] == [r["ours"] for r in first["rows"]]
+
+    # another selection of cells into a folder with finished tables: refused, then --force
+    capsys.readouterr()
+    assert main([*argv[:6], "random", *argv[7:], "--out", str(tmp_path / "b")]) == 2
+    assert "holds the finished results of another configuration (reproduce.json)" in capsys.readouterr().err
+    assert main([*argv[:6], "random", *argv[7:], "--out", str(tmp_path / "b"), "--force"]) == 0
+    assert [r["method"] for r in json.loads((tmp_path / "b" / "reproduce.json").read_text())["rows"]
+            if r["ours_mean"] is not None] == ["random"]
