@@ -93,25 +93,27 @@ def open_study(name: str, storage: Any) -> optuna.Study:
                                sampler=ClaimedOnly(), load_if_exists=True)
 
 
-def _start_ticks(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (Linux ``/proc``), None where unknown:
-    with the pid it identifies a process even after the pid is reused."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (Linux; None elsewhere or when
+    the process does not exist): ``[0]`` its state, ``[19]`` its start time in clock ticks since
+    boot, which with the pid identifies a process even after the pid is reused."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def worker_id() -> str:
     """This process as ``host:pid:start``."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '?'}"
+    stat = _proc_stat(pid)
+    return f"{socket.gethostname()}:{pid}:{stat[19] if stat else '?'}"
 
 
 def worker_alive(worker: str) -> bool:
-    """False only for a worker of this host whose process is gone (or whose pid now belongs
-    to another process); a worker of another host counts as alive (RDB heartbeats judge it)."""
+    """False only for a worker of this host whose process is gone (a zombie included, or its pid
+    now belongs to another process); a worker of another host counts as alive (RDB heartbeats
+    judge it)."""
     host, pid_text, start = worker.rsplit(":", 2)
     if host != socket.gethostname():
         return True
@@ -122,7 +124,10 @@ def worker_alive(worker: str) -> bool:
         return False
     except PermissionError:
         pass  # exists, another user's
-    return start == "?" or _start_ticks(pid) in (start, None)
+    stat = _proc_stat(pid)
+    if stat is None:
+        return start == "?"  # no /proc: the pid exists, trust it
+    return stat[0] != "Z" and (start == "?" or stat[19] == start)
 
 
 def candidate_of(t: FrozenTrial) -> str | None:

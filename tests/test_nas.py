@@ -94,6 +94,15 @@ def test_worker_identity_tells_live_from_dead_processes():
     assert dead.rsplit(":", 2)[0] == host and not worker_alive(dead)
     assert not worker_alive(f"{host}:{pid}:{int(start) + 1}")  # same pid, another process (pid reused)
     assert worker_alive(f"some-other-host:{pid}:1")  # another host: judged by RDB heartbeats, not here
+    import subprocess
+
+    zombie = subprocess.Popen(["true"])  # exited, not yet reaped by its parent
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not worker_alive(f"{host}:{zombie.pid}:?")
+    zombie.wait()
 
 
 def test_killed_study_resumes_without_repeating_finished_candidates(tmp_path):
