@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import optuna
