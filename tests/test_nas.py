@@ -445,6 +445,7 @@ def test_cli_nas_on_a_real_postgresql_server(tmp_path, postgres_url, capsys):
 
     # the plain postgresql:// form picks a driver that is not installed: one error naming the form that works
     capsys.readouterr()
-    assert main([*argv, "--cache", str(tmp_path / "cache3"), "--storage", postgres_url.replace("+psycopg2", "")]) == 2
+    assert main([*argv, "--cache", str(tmp_path / "cache3"), "--out", str(tmp_path / "run3"),
+                 "--storage", postgres_url.replace("+psycopg2", "")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "postgresql+psycopg2://" in err[0]
