@@ -72,15 +72,17 @@ def load_whole_results(path: str, names: list[str]) -> dict[str, dict[str, Any]]
         if "test_acc" not in r or not (r.get("candidate") or all(k in r for k in KEYS)):
             raise UserError(f"{p}: row {i} needs test_acc and candidate (or {', '.join(KEYS)})")
         name = r.get("candidate") or candidate_name({k: r[k] for k in KEYS})
-        accs = {}
-        for col in ("test_acc", "val_acc"):
+
+        def number(col: str, value: Any, row: int = i) -> float:
             try:
-                accs[col] = float(r.get(col) or "nan") if col == "val_acc" else float(r[col])
+                return float(value)
             except (TypeError, ValueError):
-                raise UserError(f"{p}: row {i}: {col} {r.get(col)!r} is not a number") from None
-        if not math.isfinite(accs["test_acc"]):
+                raise UserError(f"{p}: row {row}: {col} {value!r} is not a number") from None
+
+        test_acc, val_acc = number("test_acc", r["test_acc"]), number("val_acc", r.get("val_acc") or "nan")
+        if not math.isfinite(test_acc):
             raise UserError(f"{p}: row {i}: test_acc must be a finite number, got {r['test_acc']!r}")
-        out[str(name)] = accs
+        out[str(name)] = {"test_acc": test_acc, "val_acc": val_acc}
     missing = [n for n in names if n not in out]
     if missing:
         raise UserError(f"{p} lacks {len(missing)} candidates of the space, e.g. {missing[0]}")

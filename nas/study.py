@@ -212,7 +212,6 @@ def run_worker(study: optuna.Study, space: dict[str, list[Any]], train: Objectiv
     shift = os.getpid() % len(names)  # workers start at different candidates: fewer collisions
     order = list(range(shift, len(names))) + list(range(shift))
     objective = make_objective(study, space, train)
-    me = worker_id()
     while True:
         reap(study)
         done = finished(study)
@@ -223,7 +222,7 @@ def run_worker(study: optuna.Study, space: dict[str, list[Any]], train: Objectiv
         taken = held(study)
         free = [i for i in order if names[i] not in done and names[i] not in taken]
         if free:
-            study.enqueue_trial(params[free[0]], user_attrs={"claimed_by": me}, skip_if_exists=False)
+            study.enqueue_trial(params[free[0]], skip_if_exists=False)
         elif not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             time.sleep(poll)  # the rest are being trained by other workers
             continue
@@ -232,6 +231,6 @@ def run_worker(study: optuna.Study, space: dict[str, list[Any]], train: Objectiv
 
 def results_table(study: optuna.Study) -> dict[str, dict[str, Any]]:
     """Candidate name -> its params and results (one row per candidate, duplicates dropped)."""
-    bookkeeping = {"candidate", "worker", "claimed_by"}
+    bookkeeping = {"candidate", "worker"}
     return {name: {**t.params, **{k: v for k, v in t.user_attrs.items() if k not in bookkeeping}, "trial": t.number}
             for name, t in finished(study).items()}
