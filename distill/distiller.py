@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -33,7 +34,7 @@ from .data import ClassIndex, ImageData
 from .datasets import quick_defaults
 from .errors import UserError, check_range, choice_error, reason
 from .matching import ATTENTION_MAPS, MatchWeights, class_statistics, concat_statistics, statistics_loss
-from .methods import get_method
+from .methods import METHODS, get_method
 from .nets import INITS, NetSpec, has_batch_statistics, init_weights
 from .preprocess import Preprocess
 from .files import atomic_save
@@ -60,6 +61,18 @@ def size_defaults(ipc: int, image_size: int) -> dict[str, float]:
 # reporting, checkpoint cadence, forward-pass chunking, compilation. The artifact cache key and
 # the resume check both ignore them.
 EXECUTION_KEYS = ("checkpoint_every", "eval_every", "eval_epochs", "chunk", "syn_chunk", "compile")
+
+
+def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config (``to_dict`` form) that a set depends on, for cache keys and
+    the finished-output check: every key but ``EXECUTION_KEYS`` for a matching method; for a
+    selection only ``method``, ``ipc``, ``seed`` and, where an embedding ConvNet is trained
+    (herding, k-center; ``selection_embeddings``), ``net`` and ``embed_epochs``."""
+    d = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+    if d.get("method") in METHODS and get_method(d["method"]).kind == "select":
+        keep = ("method", "ipc", "seed") + (() if d["method"] == "random" else ("net", "embed_epochs"))
+        d = {k: d.get(k) for k in keep}
+    return d
 INITS_SYN = ("real", "noise", "kcenter")
 
 

@@ -2,7 +2,7 @@
 
 A buffer is named by its method and IPC (``atom`` + 20 on digits -> ``digits_atom_ipc20``);
 its cache key covers the dataset identity (name, image size, ZCA) and every resolved
-distillation hyperparameter, so a pipeline that needs ``datadam`` at IPC 20 distils it once and
+hyperparameter the set depends on (``distill.distiller.result_config``), so a pipeline that needs ``datadam`` at IPC 20 distils it once and
 every later run, step count or class order reuses the file.
 """
 
@@ -15,7 +15,7 @@ import torch
 
 from distill.config import to_dict
 from distill.data import ImageData
-from distill.distiller import EXECUTION_KEYS, DistillConfig, DistillSettings, Prepared, check_ipc, distill, prepare, resolve
+from distill.distiller import DistillConfig, DistillSettings, Prepared, check_ipc, distill, prepare, resolve, result_config
 from distill.synset import SyntheticSet
 
 from .artifacts import Artifact
@@ -24,10 +24,7 @@ from .common import DataConfig
 
 
 def buffer_key_config(data_id: dict[str, Any], cfg: DistillConfig) -> dict[str, Any]:
-    d = to_dict(cfg)
-    for k in EXECUTION_KEYS:
-        d.pop(k, None)
-    return {"dataset": data_id, "distill": d}
+    return {"dataset": data_id, "distill": result_config(to_dict(cfg))}
 
 
 class BufferMaker:

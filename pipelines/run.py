@@ -26,7 +26,7 @@ import torch
 from distill.config import to_dict
 from distill.data import ImageData
 from distill.datasets import DATASETS
-from distill.distiller import EXECUTION_KEYS, DistillConfig, check_ipc, distill, prepare, resolve
+from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve, result_config
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, combine_sets, eval_inputs, evaluate_set, resolve_eval
 from distill.train import TrainRecipe, keep_host_memory
@@ -60,8 +60,7 @@ def finished_here(args: argparse.Namespace, cfg: DistillConfig, data: ImageData)
         return False
     old = SyntheticSet.load(done)
     same = (old.meta.get("dataset") == data.name and list(old.meta.get("image_size") or []) == list(data.image_size)
-            and {k: v for k, v in (old.meta.get("config") or {}).items() if k not in EXECUTION_KEYS}
-            == {k: v for k, v in to_dict(cfg).items() if k not in EXECUTION_KEYS})
+            and result_config(old.meta.get("config") or {}) == result_config(to_dict(cfg)))
     if not same:
         raise UserError(f"--out {args.out} already holds a finished synthetic set made with another config or "
                         "data; give another --out, or --force to replace it")

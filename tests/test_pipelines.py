@@ -42,6 +42,13 @@ def test_cache_key_changes_exactly_with_relevant_values():
                    {"syn_chunk": 32}, {"compile": "off"}):
         assert _key(**change) == base, change  # reporting, checkpoint cadence, exact chunking
     assert _key({**DATA_ID, "zca": True}) != base and _key({**DATA_ID, "image_size": [16, 16]}) != base
+    # a selection's key: method, ipc, seed, and (herding, k-center) the embedding network
+    herding = _key(method="herding")
+    for change in ({"loss_scale": 1.0}, {"lam": 0.02}, {"iterations": 301}, {"p_spatial": 1.0}, {"batch_real": 8}):
+        assert _key(method="herding", **change) == herding, change
+    for change in ({"ipc": 11}, {"seed": 1}, {"embed_epochs": 2}, {"net": distiller.NetConfig(width=64)}):
+        assert _key(method="herding", **change) != herding, change
+    assert _key(method="random", net=distiller.NetConfig(width=64)) == _key(method="random")
     # where the data live is not part of a result's identity
     d = load_digits8()
     assert DataConfig("digits", root="a").identity(d) == DataConfig("digits", root="b").identity(d)
