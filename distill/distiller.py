@@ -21,8 +21,8 @@ import json
 import math
 import time
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -73,6 +73,8 @@ def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
         keep = ("method", "ipc", "seed") + (() if d["method"] == "random" else ("net", "embed_epochs"))
         d = {k: d.get(k) for k in keep}
     return d
+
+
 INITS_SYN = ("real", "noise", "kcenter")
 
 

@@ -2,8 +2,9 @@
 
 A buffer is named by its method and IPC (``atom`` + 20 on digits -> ``digits_atom_ipc20``);
 its cache key covers the dataset identity (name, image size, ZCA) and every resolved
-hyperparameter the set depends on (``distill.distiller.result_config``), so a pipeline that needs ``datadam`` at IPC 20 distils it once and
-every later run, step count or class order reuses the file.
+hyperparameter the set depends on (``distill.distiller.result_config``), so a pipeline that
+needs ``datadam`` at IPC 20 distils it once and every later run, step count or class order
+reuses the file.
 """
 
 from __future__ import annotations
