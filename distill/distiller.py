@@ -20,8 +20,8 @@ import functools
 import json
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,7 +69,8 @@ def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
     selection only ``method``, ``ipc``, ``seed`` and, where an embedding ConvNet is trained
     (herding, k-center; ``selection_embeddings``), ``net`` and ``embed_epochs``."""
     d = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
-    if d.get("method") in METHODS and get_method(d["method"]).kind == "select":
+    method = METHODS.get(str(d.get("method")))  # a damaged file's unknown method: keep everything
+    if method is not None and method.kind == "select":
         keep = ("method", "ipc", "seed") + (() if d["method"] == "random" else ("net", "embed_epochs"))
         d = {k: d.get(k) for k in keep}
     return d

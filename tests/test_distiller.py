@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import distill.distiller as distiller
+from distill.config import to_dict
 from distill.distiller import (DistillConfig, NetConfig, distill, match_weights, prepare, resolve, loss_and_grad)
 from distill.errors import UserError
 
@@ -131,18 +132,18 @@ def test_selection_embeddings_are_trained_once_per_data_and_seed(digits, monkeyp
 def test_selections_ignore_what_their_cache_key_drops(digits_prep):
     """A selection's set depends only on the keys ``result_config`` keeps: changing every matching
     hyperparameter gives the same picks (so the cache may reuse them); the embedding network does not."""
+    def kept(cfg):
+        return distiller.result_config(to_dict(cfg))
+
     base = _cfg("herding", embed_epochs=1)
     other = dataclasses.replace(base, loss_scale=1.0, p_spatial=1.0, p_channel=1.0, lam=0.5, iterations=7,
                                 lr_img=3.0, momentum=0.0, batch_real=4, dsa="none", init="noise", preset="reference_code")
     picks = [distill(digits_prep, c, progress=False).meta["source_indices"] for c in (base, other)]
     assert picks[0] == picks[1]
-    assert distiller.result_config(dataclasses.asdict(base)) == distiller.result_config(dataclasses.asdict(other))
-    wider = dataclasses.replace(base, net=NetConfig(width=16))
-    assert distiller.result_config(dataclasses.asdict(wider)) != distiller.result_config(dataclasses.asdict(base))
-    # a matching method depends on all of them
-    att = _cfg("atom")
-    assert distiller.result_config(dataclasses.asdict(att)) != distiller.result_config(
-        dataclasses.asdict(dataclasses.replace(att, loss_scale=1.0)))
+    assert kept(base) == kept(other)
+    assert kept(dataclasses.replace(base, net=NetConfig(width=16))) != kept(base)
+    att = _cfg("atom")  # a matching method depends on all of them
+    assert kept(att) != kept(dataclasses.replace(att, loss_scale=1.0))
 
 
 def test_presets_and_defaults():
