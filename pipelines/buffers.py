@@ -36,7 +36,7 @@ class BufferMaker:
                  subset: dict[str, Any] | None = None):
         """``subset``: how ``data`` was cut from the dataset, part of every key and recorded in
         every set's metadata (NAS proxies: ``{"holdout": [fraction, seed]}``, the training set
-        without its validation split; ``reproduce --budget smoke``: ``{"per_class": n}``)."""
+        without its validation split; ``dataset.per_class`` is in ``data_cfg``'s identity)."""
         self.data_cfg, self.data, self.device, self.subset = data_cfg, data, device, dict(subset or {})
         self.root, self.force, self.progress = Path(root), force, progress
         self._prep: Prepared | None = None

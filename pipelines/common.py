@@ -10,7 +10,7 @@ import datetime as _dt
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,44 @@ class DataConfig:
     resolution: int | None = None  # None: the dataset's native/default size
     zca: bool | None = None  # None: on for CIFAR (the papers), off elsewhere
     download: bool = True  # torchvision download on first use (CIFAR)
+    per_class: int | None = None  # None: all images; N: the first N training and N test images of every class (CPU budgets)
 
     def load(self, resolution: int | None = None) -> ImageData:
-        """The dataset, at ``self.resolution`` (else ``resolution``, else its default)."""
+        """The dataset, at ``self.resolution`` (else ``resolution``, else its default), cut to
+        ``per_class`` images per class when set."""
+        if self.per_class is not None and (isinstance(self.per_class, bool) or not isinstance(self.per_class, int)
+                                           or self.per_class < 1):
+            raise UserError(f"dataset.per_class must be a whole number of at least 1, got {self.per_class!r}")
         res = self.resolution
         if res is None and get_dataset(self.name).resizable:
             res = resolution
-        return load_dataset(self.name, self.root, res, self.download)
+        return per_class_subset(load_dataset(self.name, self.root, res, self.download), self.per_class)
 
     def identity(self, data: ImageData) -> dict[str, Any]:
         """What a result computed from this data depends on (not where the files live)."""
-        return {"name": data.name, "image_size": list(data.image_size),
-                "zca": data.whitened(self.zca)}
+        ident: dict[str, Any] = {"name": data.name, "image_size": list(data.image_size),
+                                 "zca": data.whitened(self.zca)}
+        if self.per_class is not None:
+            ident["per_class"] = self.per_class
+        return ident
+
+    def describe(self, data: ImageData) -> str:
+        """``fashionmnist (10 classes, 28x28)``, plus the cut when ``per_class`` is set."""
+        cut = f", the first {self.per_class} training and test images per class" if self.per_class else ""
+        return f"{data.name} ({data.num_classes} classes, {data.image_size[0]}x{data.image_size[1]}{cut})"
+
+
+def per_class_subset(data: ImageData, n: int | None) -> ImageData:
+    """The first ``n`` training and ``n`` test images of every class (``None``: all of them)."""
+    if n is None:
+        return data
+
+    def first(y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.nonzero(y == c).flatten()[:n] for c in range(data.num_classes)]).sort().values
+
+    tr, te = first(data.train_y), first(data.test_y)
+    return replace(data, train_x=data.train_x[tr], train_y=data.train_y[tr], test_x=data.test_x[te],
+                   test_y=data.test_y[te])
 
 
 def check_writable(path: str | Path, flag: str) -> None:

@@ -87,7 +87,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
                            "cache": str(args.cache), "versions": library_versions()}, "continual.json", args.force)
     shape = (data.channels, *data.image_size)
     k = data.num_classes
-    print(f"continual learning on {data.name} ({k} classes, {shape[1]}x{shape[2]}): {cfg.steps} steps, "
+    print(f"continual learning on {job.dataset.describe(data)}: {cfg.steps} steps, "
           f"ipc {cfg.ipc}, {cfg.models} model(s) x {len(cfg.orders or [])} class orders, {cfg.epochs} epochs, "
           f"memories {', '.join(specs)}, on {device} -> {out}")
 
@@ -162,7 +162,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
     for row in rows:
         row["cells"] = {key: cell_to_dict(c) for key, c in all_cells[row["memory"]]["cells"].items()}
     plot = plot_curves(curves, out / "continual.png",
-                       f"{data.name}: {cfg.steps} steps, {cfg.ipc} images/class, "
+                       f"{job.dataset.describe(data)}: {cfg.steps} steps, {cfg.ipc} images/class, "
                        f"{cfg.models} model(s) x {len(cfg.orders or [])} orders")
     tb = tensorboard_log(curves, out / "tensorboard") if cfg.tensorboard else None
     publish(rows, columns, out, "continual", {"dataset": data.name, "device": str(device),

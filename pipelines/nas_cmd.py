@@ -104,7 +104,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     write_job_config(out, {"dataset": to_dict(job.dataset), "nas": to_dict(cfg), "proxies": specs,
                            "distill": to_dict(job.distill), "device": str(device),
                            "cache": str(args.cache), "versions": library_versions()}, "nas.json", args.force)
-    print(f"NAS on {data.name} ({data.image_size[0]}x{data.image_size[1]}): {len(names)} candidates "
+    print(f"NAS on {job.dataset.describe(data)}: {len(names)} candidates "
           f"({cfg.space} space), proxies {', '.join(specs)}, proxy {cfg.proxy_epochs} / whole "
           f"{cfg.whole_epochs} epochs, {cfg.workers} worker(s), on {device} -> {out}")
 
@@ -158,7 +158,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
         r["minutes"] = round(r["minutes"], 2)
     columns = ["proxy", "best", "best_whole_test", "spearman", *topcols, "minutes", "images"]
     plot = scatter({lb: r for lb, r in results.items() if lb != "whole"}, whole, out / "nas_scatter.png",
-                   f"{data.name}: {len(names)} ConvNets ({cfg.space} space)")
+                   f"{job.dataset.describe(data)}: {len(names)} ConvNets ({cfg.space} space)")
     publish(rows, columns, out, "nas",
             {"dataset": data.name, "device": str(device), "config": to_dict(cfg), "versions": library_versions(),
              "candidates": dict(results)},

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from distill.config import to_dict
-from distill.data import ImageData
 from distill.datasets import get_dataset
 from distill.distiller import DistillConfig, DistillSettings, check_ipc, resolve
 from distill.errors import UserError, choice_error
@@ -141,19 +139,6 @@ def select_cells(table: Table, methods: list[str] | None, ipcs: list[int] | None
     return [r for r in implemented if (not methods or r.method in methods) and (not ipcs or r.ipc in ipcs)]
 
 
-def per_class_subset(data: ImageData, n: int | None) -> ImageData:
-    """The first ``n`` training and ``n`` test images of every class (``None``: all of them)."""
-    if n is None:
-        return data
-
-    def first(y: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.nonzero(y == c).flatten()[:n] for c in range(data.num_classes)]).sort().values
-
-    tr, te = first(data.train_y), first(data.test_y)
-    return replace(data, train_x=data.train_x[tr], train_y=data.train_y[tr], test_x=data.test_x[te],
-                   test_y=data.test_y[te])
-
-
 def cell_configs(cell: Published, settings: DistillSettings, budget: Budget, data: DataConfig) -> list[DistillConfig]:
     """The resolved distillation config of every set of a cell: seed ``s`` for set ``s``, the
     method's own iterations scaled by the budget (at least 1)."""
@@ -212,6 +197,9 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
         "dataset.name": table.dataset, "dataset.root": args.data_root, "distill.seed": args.seed,
         "eval.models": budget.models, "eval.epochs": budget.epochs,
     })
+    # one cut of the data: --set dataset.per_class, else the budget's (the title states it)
+    budget = replace(budget, per_class=job.dataset.per_class or budget.per_class)
+    job.dataset = replace(job.dataset, per_class=budget.per_class)
     if job.dataset.name != table.dataset:
         raise UserError(f"table {table.name} is measured on {table.dataset}, not {job.dataset.name}")
     if args.sets is not None and args.sets < 1 or args.models is not None and args.models < 1:
@@ -221,11 +209,10 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
     recipe = resolve_eval(job.eval, job.dataset.name)
     plans = [(c, cell_configs(c, job.distill, budget, job.dataset)) for c in cells]  # config errors first
     device = pick_device(args.device)
-    data = per_class_subset(job.dataset.load(), budget.per_class)
+    data = job.dataset.load()
     for c in cells:
         check_ipc(data, c.ipc)
-    maker = BufferMaker(job.dataset, data, device, args.cache, progress=not args.quiet,
-                        subset={"per_class": budget.per_class} if budget.per_class else None)
+    maker = BufferMaker(job.dataset, data, device, args.cache, progress=not args.quiet)
     out = run.folder_for(args.out, f"reproduce-{table.name}-{budget.name}")
     write_job_config(out, {"table": table.name, "budget": to_dict(budget), "cells": [[c.method, c.ipc] for c in cells],
                            "dataset": to_dict(job.dataset), "distill": to_dict(job.distill), "eval": to_dict(recipe),

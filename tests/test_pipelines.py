@@ -55,6 +55,29 @@ def test_cache_key_changes_exactly_with_relevant_values():
     assert config_key({"a": 1}, "0.1.0+alg1") != config_key({"a": 1}, "0.1.0+alg2")  # code version
 
 
+def test_per_class_cut_keeps_the_first_images_of_every_class_and_is_in_the_key():
+    full = load_digits8()
+    cfg = DataConfig("digits", resolution=8, per_class=5)
+    cut = cfg.load()
+    for x, y, fx, fy in ((cut.train_x, cut.train_y, full.train_x, full.train_y),
+                         (cut.test_x, cut.test_y, full.test_x, full.test_y)):
+        assert torch.bincount(y).tolist() == [5] * full.num_classes
+        # brute force: walk the full split in order, keep an image while its class has < 5
+        seen: dict[int, int] = {}
+        keep = []
+        for i, label in enumerate(fy.tolist()):
+            if seen.get(label, 0) < 5:
+                seen[label] = seen.get(label, 0) + 1
+                keep.append(i)
+        assert torch.equal(x, fx[keep]) and torch.equal(y, fy[keep])
+    assert cfg.identity(cut) == {**DataConfig("digits").identity(full), "per_class": 5}
+    assert "per_class" not in DataConfig("digits").identity(full)  # keys made without a cut stay as they were
+    assert "the first 5 training and test images per class" in cfg.describe(cut)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(UserError, match="dataset.per_class must be a whole number of at least 1"):
+            DataConfig("digits", per_class=bad).load()
+
+
 def load_digits8():
     from distill.datasets import load_dataset
 
