@@ -20,7 +20,7 @@ import yaml
 from distill.config import apply_override, from_dict, load_yaml, locate
 from distill.data import ImageData
 from distill.datasets import get_dataset, load_dataset
-from distill.errors import ConfigError, UserError
+from distill.errors import ConfigError, UserError, check_range
 from distill.files import atomic_text
 
 
@@ -38,9 +38,7 @@ class DataConfig:
     def load(self, resolution: int | None = None) -> ImageData:
         """The dataset, at ``self.resolution`` (else ``resolution``, else its default), cut to
         ``per_class`` images per class when set."""
-        if self.per_class is not None and (isinstance(self.per_class, bool) or not isinstance(self.per_class, int)
-                                           or self.per_class < 1):
-            raise UserError(f"dataset.per_class must be a whole number of at least 1, got {self.per_class!r}")
+        check_range("dataset.per_class", self.per_class, 1)
         res = self.resolution
         if res is None and get_dataset(self.name).resizable:
             res = resolution

@@ -49,7 +49,8 @@ CASES = [
     (NAS, ["--set", "nas.heartbeat=0"], r"nas\.heartbeat must be >= 1"),
     (NAS, ["--proxy-epochs", "0"], r"epochs must be >= 1"),
     (NAS, ["--whole-epochs", "0"], r"nas\.whole_epochs must be >= 1"),
-    (NAS, ["--set", "dataset.per_class=0"], r"dataset\.per_class must be a whole number of at least 1, got 0"),
+    (NAS, ["--set", "dataset.per_class=0"], r"dataset\.per_class must be >= 1, got 0"),
+    (NAS, ["--set", "dataset.per_class=2.5"], r"dataset\.per_class: expected an integer, got 2\.5"),
     # where results go: a file (or a path under a file) is no folder, checked before any work
     (DISTILL, ["--out", "{tmp}/file"], r"--out .*/file is a file; give a folder"),
     (DISTILL, ["--out", "{tmp}/file/run"], r"--out .*/file/run is under .*/file, which is a file"),
