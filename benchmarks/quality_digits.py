@@ -100,7 +100,7 @@ def main() -> None:
             for i, ec in ecfgs.items():
                 res = evaluate_set(synset, prep.test_x, data.test_y, ec, dev)[0]
                 tag = "" if len(inits) == 1 else f" ({i})"
-                row.update({f"accuracy{tag}": pct(res.mean, res.std), f"mean{tag}": res.mean, f"std{tag}": res.std,
+                row.update({f"accuracy{tag}": pct(res.mean, res.std, len(res.accuracies)), f"mean{tag}": res.mean, f"std{tag}": res.std,
                             f"eval_s{tag}": round(res.seconds, 1), f"accuracies{tag}": res.accuracies})
             rows.append(row)
             print(f"ipc {ipc:>2} {name:<13} " + "  ".join(v for k, v in row.items() if k.startswith("accuracy ")

@@ -20,8 +20,8 @@ def step_rows(curves: dict[str, list[StepStats]]) -> tuple[list[dict[str, Any]],
     for name, stats in curves.items():
         row: dict[str, Any] = {"memory": name}
         for s in stats:
-            row[str(s.classes)] = pct(s.mean, s.std)
-        row["final"] = pct(stats[-1].mean, stats[-1].std)
+            row[str(s.classes)] = pct(s.mean, s.std, s.n)
+        row["final"] = pct(stats[-1].mean, stats[-1].std, stats[-1].n)
         row["final_mean"], row["final_std"] = stats[-1].mean, stats[-1].std
         row["steps"] = [{"classes": s.classes, "mean": s.mean, "std": s.std, "n": s.n} for s in stats]
         rows.append(row)

@@ -227,7 +227,7 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
         rec = run_cell(maker, cfgs, recipe, Path(args.cache), device, not args.quiet)
         measured[(c.method, c.ipc)] = rec
         paper = "not published" if c.mean is None else f"paper {c.mean:.1f}"
-        print(f"  {c.method} ipc {c.ipc}: {pct(rec['mean'], rec['std'])} ({paper})"
+        print(f"  {c.method} ipc {c.ipc}: {pct(rec['mean'], rec['std'], rec['networks'])} ({paper})"
               + (" [cached]" if rec["reused"] else f" in {rec['wall_seconds']:.0f} s"))
     rows = []
     for r in table.rows:
@@ -238,7 +238,7 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
         rows.append({"method": r.method, "ipc": r.ipc or "all",
                      "paper": "not published" if r.mean is None else
                      f"{r.mean:.1f}" + (f" +- {r.std:.1f}" if r.std is not None else ""),
-                     "ours": "published only" if rec is None else pct(rec["mean"], rec["std"]),
+                     "ours": "published only" if rec is None else pct(rec["mean"], rec["std"], rec["networks"]),
                      "difference": None if ours is None or r.mean is None else round(ours - r.mean, 2),
                      "networks": rec["networks"] if rec else None, "iterations": rec["iterations"] if rec else None,
                      "seconds": rec["wall_seconds"] if rec else None, "source": r.source,

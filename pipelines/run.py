@@ -184,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace, _run: RunContext) -> int:
           f"{f' x {len(sets)} sets' if len(sets) > 1 else ''}, {cfg.epochs} epochs, on {device}")
     results = combine_sets({lb: evaluate_set(s, tx, data.test_y, cfg, device, progress=not args.quiet, set_index=i)
                             for i, (lb, s, tx) in enumerate(zip(labels, sets, test_xs))})
-    rows = [{**r.row(), "accuracy": pct(r.mean, r.std)} for r in results]
+    rows = [{**r.row(), "accuracy": pct(r.mean, r.std, len(r.accuracies))} for r in results]
     columns = ["arch", "models", "sets", "accuracy", "seconds", "ensembled"]
     synset_field = files if len(files) > 1 else files[0]
     stem = evaluation_stem(out, to_dict(cfg), synset_field)

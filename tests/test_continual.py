@@ -12,6 +12,7 @@ from continual.benchmark import dm_class_order, make_benchmark, step_classes
 from continual.config import ContinualConfig, resolve_continual
 from continual.memory import SyntheticMemory, check_memory, export_buffers, memory_for
 from continual.protocol import CellResult, benchmarks_for, cell_seed, run_memory, step_stats
+from continual.report import step_rows
 from distill.datasets import load_dataset
 from distill.distiller import DistillConfig, prepare, resolve, select
 from distill.errors import UserError
@@ -130,6 +131,12 @@ def test_step_stats_pool_models_and_orders():
         pooled = np.array([0.1 * s, 0.2 + 0.1 * s, 0.1 * (1 + s), 0.2 + 0.1 * s])
         assert st.mean == pytest.approx(pooled.mean()) and st.std == pytest.approx(pooled.std())
         assert st.n == 4 and st.classes == 2 * (s + 1)
+    # the table: mean +- std over pooled accuracies; a single accuracy (1 order x 1 model) has no spread
+    rows, columns = step_rows({"pooled": stats, "one": step_stats({k: replace(c, accuracies=c.accuracies[:1])
+                                                                   for k, c in cells.items() if k[0] == "0"}, [0], 2)})
+    assert columns == ["memory", "2", "4", "final"]
+    assert rows[0]["final"] == f"{100 * stats[1].mean:.2f} +- {100 * stats[1].std:.2f}"
+    assert rows[1]["2"] == "0.00" and rows[1]["final"] == "10.00"  # order 0: 0.1 * (0 + s)
 
 
 def test_config_defaults_and_checks():
