@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -121,6 +122,20 @@ def early_condition(whole: Condition, proxy_images: int, cfg: NASConfig) -> tupl
                             whole.num_classes, early_epochs(steps, len(whole.x), cfg.batch), max_steps=steps)
 
 
+def stop_workers(procs: list[Any], grace: float = 30.0) -> None:
+    """Interrupt live worker processes as Ctrl-C in a terminal would (SIGINT), then terminate
+    those still alive after ``grace`` seconds; their unfinished trials are reaped on resume."""
+    for p in procs:
+        if p.is_alive() and p.pid is not None:
+            os.kill(p.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.terminate()
+            p.join()
+
+
 def train_all(name: str, journal: Path, cond: Condition, cfg: NASConfig, device: torch.device,
               progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, dict[str, Any]]:
     """Train every candidate of ``cfg.space`` under ``cond`` in study ``name`` (a journal file,
@@ -148,11 +163,15 @@ def train_all(name: str, journal: Path, cond: Condition, cfg: NASConfig, device:
         procs = [ctx.Process(target=worker_main, args=(cfg.storage, str(journal), name, cond, cfg,
                                                        f"cuda:{i % gpus}" if gpus else "cpu", threads))
                  for i in range(cfg.workers)]
-        for p in procs:
-            p.start()
-        while any(p.is_alive() for p in procs):
-            progress(len(finished(study)), total)
-            time.sleep(1.0)
+        try:
+            for p in procs:
+                p.start()
+            while any(p.is_alive() for p in procs):
+                progress(len(finished(study)), total)
+                time.sleep(1.0)
+        except BaseException:  # Ctrl-C or a kill of this process alone: stop the workers with it
+            stop_workers(procs)
+            raise
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad and len(finished(study)) == total:  # the survivors finished the dead workers' candidates
             print(f"  {name}: {len(bad)} worker(s) stopped (exit codes {bad}); the others finished their candidates")

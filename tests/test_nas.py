@@ -333,6 +333,37 @@ def test_cli_nas_two_worker_processes(tmp_path):
     assert [r["candidates"] for r in rows] == [4, 4]
 
 
+def test_interrupting_the_nas_process_alone_stops_its_workers(tmp_path):
+    """SIGINT to `run.py nas --workers 2` alone (a scheduler or `kill -INT`, not a terminal's
+    Ctrl-C, which reaches every process of the group): the command exits 130 at once, and the
+    worker processes it spawned are gone with it instead of training the study to its end."""
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "pipelines/run.py", *_nas(tmp_path, "--proxy", "random_ipc2", "--workers", "2",
+                                                       "--whole-epochs", "400")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 300
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        for journal in (tmp_path / "cache" / "nas").glob("*/study.journal"):
+            storage = open_storage(None, journal)
+            for name in optuna.get_all_study_names(storage):
+                for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+                        deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                    if "candidate" in t.user_attrs:
+                        workers.add(int(t.user_attrs["worker"].split(":")[1]))
+        time.sleep(0.2)
+    assert len(workers) == 2 and proc.pid not in workers, "two workers never trained at once"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted" in proc.stderr.read()
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_two_nas_processes_on_one_cache_share_every_study(tmp_path):
     """The scale-out path on one host: two `run.py nas` processes started together on one cache
     both finish with the same table, and every candidate of every study is trained once."""
