@@ -54,7 +54,7 @@ class DataConfig:
 
     def describe(self, data: ImageData) -> str:
         """``fashionmnist (10 classes, 28x28)``, plus the cut when ``per_class`` is set."""
-        cut = f", the first {self.per_class} training and test images per class" if self.per_class else ""
+        cut = f", first {self.per_class} per class" if self.per_class else ""
         return f"{data.name} ({data.num_classes} classes, {data.image_size[0]}x{data.image_size[1]}{cut})"
 
 

@@ -158,7 +158,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
         r["minutes"] = round(r["minutes"], 2)
     columns = ["proxy", "best", "best_whole_test", "spearman", *topcols, "minutes", "images"]
     plot = scatter({lb: r for lb, r in results.items() if lb != "whole"}, whole, out / "nas_scatter.png",
-                   f"{job.dataset.describe(data)}: {len(names)} ConvNets ({cfg.space} space)")
+                   f"{job.dataset.describe(data)}:\n{len(names)} ConvNets ({cfg.space} space)")
     publish(rows, columns, out, "nas",
             {"dataset": data.name, "device": str(device), "config": to_dict(cfg), "versions": library_versions(),
              "candidates": dict(results)},

@@ -72,7 +72,7 @@ def test_per_class_cut_keeps_the_first_images_of_every_class_and_is_in_the_key()
         assert torch.equal(x, fx[keep]) and torch.equal(y, fy[keep])
     assert cfg.identity(cut) == {**DataConfig("digits").identity(full), "per_class": 5}
     assert "per_class" not in DataConfig("digits").identity(full)  # keys made without a cut stay as they were
-    assert "the first 5 training and test images per class" in cfg.describe(cut)
+    assert cfg.describe(cut) == "digits (10 classes, 8x8, first 5 per class)"
     for bad in (0, -3):
         with pytest.raises(UserError, match=f"dataset.per_class must be >= 1, got {bad}"):
             DataConfig("digits", per_class=bad).load()
