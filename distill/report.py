@@ -10,7 +10,7 @@ from typing import Any
 from .files import atomic_text, atomic_write
 
 
-def pct(mean: float, std: float, n: int | None = None) -> str:
+def pct(mean: float, std: float, n: int) -> str:
     """``0.5421, 0.0123 -> '54.21 +- 1.23'`` (percent); over ``n = 1`` value there is no spread
     to state, so ``'54.21'``."""
     return f"{100 * mean:.2f}" if n == 1 else f"{100 * mean:.2f} +- {100 * std:.2f}"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,6 +344,15 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's stop, ``kill``): handled as Ctrl-C is, so checkpoints, resume
+    hints and worker processes are dealt with the same way; the command then exits 143 (128 + 15)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
@@ -349,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     run = RunContext(argv)
     tee = Tee(sys.stdout)
     code = 1
+    on_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal needs it
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         for flag in ("out", "cache"):  # where results go, before any work (list only reads the cache)
             if getattr(args, flag, None) and args.command != "list":
@@ -358,10 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; {run.resume_hint()}", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"\n{'terminated' if terminated else 'interrupted'}; {run.resume_hint()}", file=sys.stderr)
+        code = 143 if terminated else 130
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         run.finish(code, tee.copy.getvalue())
     return code
 

@@ -3,6 +3,7 @@ Optuna studies (resume after a kill, concurrent workers, dedupe), the CLI and it
 
 import json
 import os
+import signal
 import threading
 import time
 from datetime import timedelta
@@ -224,7 +225,6 @@ def test_worker_processes_join_late_and_die_mid_trial(tmp_path, request, storage
     candidate has exactly one complete trial. On the journal the dead process is recognised by
     its pid; on PostgreSQL the victim poses as a worker of another host, so its stopped
     heartbeat (1 s, three missed) is what frees its candidate."""
-    import signal
     import subprocess
     import sys
 
@@ -333,11 +333,13 @@ def test_cli_nas_two_worker_processes(tmp_path):
     assert [r["candidates"] for r in rows] == [4, 4]
 
 
-def test_interrupting_the_nas_process_alone_stops_its_workers(tmp_path):
-    """SIGINT to `run.py nas --workers 2` alone (a scheduler or `kill -INT`, not a terminal's
-    Ctrl-C, which reaches every process of the group): the command exits 130 at once, and the
-    worker processes it spawned are gone with it instead of training the study to its end."""
-    import signal
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])
+def test_interrupting_the_nas_process_alone_stops_its_workers(tmp_path, signum, code, word):
+    """SIGINT (`kill -INT`, not a terminal's Ctrl-C, which reaches every process of the group) or
+    SIGTERM (a batch scheduler's stop, `kill`) to `run.py nas --workers 2` alone: the command exits
+    128 + the signal number at once with a resume hint, and the worker processes it spawned are
+    gone with it instead of training the study to its end."""
     import subprocess
     import sys
 
@@ -356,9 +358,10 @@ def test_interrupting_the_nas_process_alone_stops_its_workers(tmp_path):
                         workers.add(int(t.user_attrs["worker"].split(":")[1]))
         time.sleep(0.2)
     assert len(workers) == 2 and proc.pid not in workers, "two workers never trained at once"
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
-    assert "interrupted" in proc.stderr.read()
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == code
+    err = proc.stderr.read()
+    assert f"\n{word}; " in err and "the same command" in err, err
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
