@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill import augment  # noqa: E402
 from distill.data import ClassIndex  # noqa: E402
-from distill.distiller import DistillConfig, loss_and_grad, match_weights, matching_net, resolve  # noqa: E402
-from distill.matching import matching_loss  # noqa: E402
+from distill.settings import SetConfig, resolve  # noqa: E402
+from distill.step import bound, loss_and_grad, matching_net  # noqa: E402
 from distill.nets import build_net  # noqa: E402
 from distill.train import keep_host_memory  # noqa: E402
 
@@ -64,14 +64,14 @@ def _sync(dev: torch.device) -> None:
 
 
 def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: torch.Tensor,
-                   opt: torch.optim.Optimizer, cfg: DistillConfig, k: int) -> float:
+                   opt: torch.optim.Optimizer, cfg: SetConfig, k: int) -> float:
     """One iteration, per-class, as the reference code is written."""
     dev = train_x.device
     size = tuple(train_x.shape[2:])
     net = build_net("convnet", train_x.shape[1], k, size, norm=cfg.net.norm).to(dev)  # fresh every step
     for p in net.parameters():
         p.requires_grad_(False)
-    weights = match_weights(cfg, 3)
+    method, hp = bound(cfg)
     loss = torch.zeros((), device=dev)
     for c in range(k):
         idx = np.random.permutation(classes_idx[c])[: cfg.batch_real]
@@ -83,7 +83,8 @@ def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: to
         f_real, e_real = net.forward_features(img_real)
         f_real, e_real = [f.detach() for f in f_real], e_real.detach()
         f_syn, e_syn = net.forward_features(img_syn)
-        loss = loss + matching_loss(f_real, e_real, f_syn, e_syn, 1, weights)[0]
+        loss = loss + method.loss(hp, method.statistics(hp, f_real, e_real, 1, None),
+                                  method.statistics(hp, f_syn, e_syn, 1, None))
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -95,14 +96,14 @@ def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: to
 def ours_factory(train_x, labels, syn, cfg, k):
     dev = train_x.device
     net = matching_net(cfg, train_x.shape[1], k, tuple(train_x.shape[2:]), dev)  # as distill() builds it
-    weights = match_weights(cfg, 3)
+    method, p = bound(cfg)
     index = ClassIndex.from_labels(labels, k)
     gen = torch.Generator(device=dev).manual_seed(0)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=cfg.momentum)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_and_grad(net, train_x, index, syn, cfg, weights, gen)
+        loss_and_grad(net, train_x, index, syn, cfg, method, p, gen)
         opt.step()
 
     return step
@@ -134,7 +135,7 @@ def measure(fns: dict[str, object], dev: torch.device, warmup: int, iters: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--method", default="atom", help="dm, datadam, atom or atom_channel")
+    ap.add_argument("--method", default="atom", help="a matching method: dm, datadam, atom, atom_channel, m3d")
     ap.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 on GPU, 3 on CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed iterations (default 5 on GPU, 1 on CPU)")
     ap.add_argument("--shapes", default=",".join(s.name for s in SHAPES),
@@ -168,7 +169,7 @@ def main() -> None:
         image = (shape.channels, shape.size, shape.size)
         train_x = torch.randn(k * shape.per_class, *image, generator=g, device=dev)
         labels = torch.arange(k, device=dev).repeat_interleave(shape.per_class)
-        cfg = resolve(DistillConfig(method=args.method, ipc=shape.ipc, batch_real=shape.batch_real), shape.size)
+        cfg = resolve(SetConfig(method=args.method, ipc=shape.ipc, batch_real=shape.batch_real), shape.size)
         syn = torch.randn(k * shape.ipc, *image, generator=g, device=dev).requires_grad_(True)
         fns = {"ours": ours_factory(train_x, labels, syn, cfg, k)}
         if not args.no_reference:

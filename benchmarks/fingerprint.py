@@ -41,13 +41,13 @@ def configs() -> dict[str, Any]:
     from distill.methods import METHODS
     from pipelines.artifacts import config_key
     from pipelines.buffers import buffer_key_config
-    from distill.distiller import DistillConfig, resolve
+    from distill.settings import SetConfig, resolve
 
     out: dict[str, Any] = {}
     for method in METHODS:
         for preset in ("paper", "reference_code"):
             for size, dataset in ((32, "cifar10"), (8, "digits")):
-                cfg = resolve(DistillConfig(method=method, ipc=10, preset=preset), size, dataset)
+                cfg = resolve(SetConfig(method=method, ipc=10, preset=preset), size, dataset)
                 data_id = {"name": dataset, "image_size": [size, size], "zca": False}
                 out[f"{method}/{preset}/{size}"] = {"config": to_dict(cfg),
                                                     "key": config_key(buffer_key_config(data_id, cfg))}
@@ -56,14 +56,16 @@ def configs() -> dict[str, Any]:
 
 def set_hashes() -> dict[str, str]:
     from distill.datasets import load_dataset
-    from distill.distiller import DistillConfig, NetConfig, distill, prepare, resolve
+    from distill.loop import distill
+    from distill.prepare import prepare
+    from distill.settings import NetConfig, SetConfig, resolve
     from distill.methods import METHODS
 
     prep = prepare(load_dataset("digits", resolution=8))
     out = {}
     for method in METHODS:
         for preset in ("paper", "reference_code"):
-            cfg = resolve(DistillConfig(method=method, ipc=2, preset=preset, iterations=3, batch_real=8,
+            cfg = resolve(SetConfig(method=method, ipc=2, preset=preset, iterations=3, batch_real=8,
                                         embed_epochs=1, net=NetConfig(width=16)), 8, "digits")
             out[f"{method}/{preset}"] = _digest(distill(prep, cfg, progress=False).images)
     return out

@@ -56,8 +56,8 @@ import distill_step  # noqa: E402
 import protocol_cost  # noqa: E402
 from distill import augment  # noqa: E402
 from distill.data import ClassIndex  # noqa: E402
-from distill.distiller import (DistillConfig, _matching_net, loss_and_grad, match_weights,  # noqa: E402
-                               matching_net, resolve)
+from distill.settings import SetConfig, resolve  # noqa: E402
+from distill.step import _matching_net, bound, loss_and_grad, matching_net  # noqa: E402
 from distill.evaluate import parse_arch  # noqa: E402
 from distill.train import ModelGroup, TrainRecipe, stacked_call, stacked_forward, train_group  # noqa: E402
 from distill.fixtures import accept_fabricated_cifar, write_cifar  # noqa: E402
@@ -112,7 +112,7 @@ def distill_variant(train_x, labels, syn0, cfg, k, *, channels_last=False, bf16=
         # keep their layout, so init_weights draws the same network from the same seed
         plain_forward = net.forward_features
         net.forward_features = lambda x: plain_forward(x.contiguous(memory_format=torch.channels_last))
-    weights = match_weights(cfg, 3)
+    method, p = bound(cfg)
     index = ClassIndex.from_labels(labels, k)
     ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     syn = syn0.detach().clone().requires_grad_(True)
@@ -122,13 +122,13 @@ def distill_variant(train_x, labels, syn0, cfg, k, *, channels_last=False, bf16=
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with ctx():
-            loss_and_grad(net, train_x, index, syn, cfg, weights, gen)
+            loss_and_grad(net, train_x, index, syn, cfg, method, p, gen)
         opt.step()
 
     def first_grad() -> torch.Tensor:
         s = syn0.detach().clone().requires_grad_(True)
         with ctx():
-            loss_and_grad(net, train_x, index, s, cfg, weights, torch.Generator(device=dev).manual_seed(123))
+            loss_and_grad(net, train_x, index, s, cfg, method, p, torch.Generator(device=dev).manual_seed(123))
         return s.grad.detach().float()
 
     return step, first_grad
@@ -150,7 +150,7 @@ def part_distill(dev: torch.device, smoke: bool) -> dict:
         g = torch.Generator(device=dev).manual_seed(0)
         train_x = torch.randn(k * shape.per_class, 3, 32, 32, generator=g, device=dev)
         labels = torch.arange(k, device=dev).repeat_interleave(shape.per_class)
-        cfg = resolve(DistillConfig(method="atom", ipc=shape.ipc, batch_real=shape.batch_real), 32)
+        cfg = resolve(SetConfig(method="atom", ipc=shape.ipc, batch_real=shape.batch_real), 32)
         syn = torch.randn(k * shape.ipc, 3, 32, 32, generator=g, device=dev).requires_grad_(True)
         np.random.seed(0)
         classes_idx = [np.arange(c * shape.per_class, (c + 1) * shape.per_class) for c in range(k)]
@@ -175,7 +175,7 @@ def part_distill(dev: torch.device, smoke: bool) -> dict:
 
 def distill_variants(shape, train_x, labels, syn, cfg, k, dev, smoke, warmup, iters) -> list[dict]:
     eager = replace(cfg, compile="off")
-    specs: list[tuple[str, DistillConfig, dict]] = [
+    specs: list[tuple[str, SetConfig, dict]] = [
         ("eager (no compile)", eager, {}),
         ("default (compile auto)", cfg, {}),
         ("one pass for all (chunk 4096, syn_chunk 4096)", replace(cfg, chunk=4096, syn_chunk=4096), {}),
@@ -402,7 +402,7 @@ def part_profile(dev: torch.device, smoke: bool) -> dict:
     k = shape.classes
     train_x = torch.randn(k * shape.per_class, 3, 32, 32, generator=g, device=dev)
     labels = torch.arange(k, device=dev).repeat_interleave(shape.per_class)
-    cfg = resolve(DistillConfig(method="atom", ipc=shape.ipc, batch_real=shape.batch_real), 32)
+    cfg = resolve(SetConfig(method="atom", ipc=shape.ipc, batch_real=shape.batch_real), 32)
     syn = torch.randn(k * shape.ipc, 3, 32, 32, generator=g, device=dev).requires_grad_(True)
     models = 3 if smoke else 20
     batch = 16 if smoke else 256

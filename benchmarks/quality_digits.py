@@ -30,7 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill.datasets import load_dataset  # noqa: E402
-from distill.distiller import DistillConfig, distill, prepare, resolve  # noqa: E402
+from distill.loop import distill  # noqa: E402
+from distill.prepare import prepare  # noqa: E402
+from distill.settings import SetConfig, resolve  # noqa: E402
 from distill.evaluate import evaluate_set, resolve_eval  # noqa: E402
 from distill.train import TrainRecipe  # noqa: E402
 from distill.report import markdown_table, pct  # noqa: E402
@@ -91,7 +93,7 @@ def main() -> None:
     for ipc in [int(i) for i in args.ipc.split(",")]:
         for name in names:
             method, overrides = VARIANTS[name]
-            cfg = resolve(DistillConfig(method=method, ipc=ipc, iterations=args.iterations, **overrides),
+            cfg = resolve(SetConfig(method=method, ipc=ipc, iterations=args.iterations, params=dict(overrides)),
                           data.image_size[0], data.name)
             t0 = time.perf_counter()
             synset = distill(prep, cfg, progress=False)

@@ -8,6 +8,7 @@ classes seen so far.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from distill.errors import UserError
 from distill.files import atomic_save
+from distill.multiformation import decode
 from distill.synset import SyntheticSet
 
 from .benchmark import classification_dataset
@@ -52,15 +54,17 @@ def check_memory(synset: SyntheticSet, dataset: str, num_classes: int,
 
 
 def memory_for(synset: SyntheticSet, classes: list[int], ipc: int) -> tuple[Tensor, Tensor]:
-    """The memory of a step: exactly ``ipc`` images of each class in ``classes`` (in that
-    order) and nothing else, as ``(images, labels)``."""
+    """The memory of a step: the training images of exactly ``ipc`` stored images of each class
+    in ``classes`` (in that order; ``ipc * factor^2`` decoded ones for a multi-formation set) and
+    nothing else, as ``(images, labels)``."""
     xs, ys = [], []
     for c in classes:
-        imgs = synset.class_images(int(c))
-        if len(imgs) != ipc:
-            raise UserError(f"class {c} has {len(imgs)} images in the synthetic set, the memory needs {ipc}")
+        stored = synset.class_images(int(c))
+        if len(stored) != ipc:
+            raise UserError(f"class {c} has {len(stored)} images in the synthetic set, the memory needs {ipc}")
+        imgs = decode(stored, synset.factor)
         xs.append(imgs)
-        ys.append(torch.full((ipc,), int(c), dtype=torch.long, device=imgs.device))
+        ys.append(torch.full((len(imgs),), int(c), dtype=torch.long, device=imgs.device))
     if not xs:
         return synset.images[:0], synset.labels[:0]
     return torch.cat(xs), torch.cat(ys)
@@ -74,10 +78,10 @@ class SyntheticMemory(ExemplarsBuffer):
 
     def __init__(self, synset: SyntheticSet, ipc: int = 20, max_size: int | None = None,
                  device: torch.device | str | None = None):
-        super().__init__(max_size if max_size is not None else synset.num_classes * ipc)
-        self.synset = synset if device is None else SyntheticSet(
-            synset.images.to(device), synset.labels.to(device), synset.class_names, synset.preprocess,
-            synset.meta)
+        self.per_class = ipc * synset.factor * synset.factor  # training images per class
+        super().__init__(max_size if max_size is not None else synset.num_classes * self.per_class)
+        self.synset = synset if device is None else replace(synset, images=synset.images.to(device),
+                                                            labels=synset.labels.to(device))
         self.ipc = ipc
         self.classes: list[int] = []
         self.tensors: tuple[Tensor, Tensor] = memory_for(self.synset, [], ipc)
@@ -91,26 +95,27 @@ class SyntheticMemory(ExemplarsBuffer):
         self.set_classes(sorted(int(c) for c in exp.classes_seen_so_far))
 
     def set_classes(self, classes: list[int]) -> None:
-        if len(classes) * self.ipc > self.max_size:
-            raise UserError(f"{len(classes)} classes x {self.ipc} images exceed the memory size "
-                            f"{self.max_size}; give max_size >= {len(classes) * self.ipc}")
+        if len(classes) * self.per_class > self.max_size:
+            raise UserError(f"{len(classes)} classes x {self.per_class} images exceed the memory size "
+                            f"{self.max_size}; give max_size >= {len(classes) * self.per_class}")
         self.classes = list(classes)
         self.tensors = memory_for(self.synset, self.classes, self.ipc)
         x, y = self.tensors
         self.buffer = classification_dataset(x.cpu(), y.cpu())
 
     def resize(self, strategy: Any, new_size: int) -> None:
-        if new_size < len(self.classes) * self.ipc:
-            raise UserError(f"cannot shrink a synthetic memory below its {len(self.classes) * self.ipc} images")
+        if new_size < len(self.classes) * self.per_class:
+            raise UserError(f"cannot shrink a synthetic memory below its {len(self.classes) * self.per_class} images")
         self.max_size = new_size
 
 
 def export_buffers(synset: SyntheticSet, path: str | os.PathLike[str]) -> Path:
     """Write the per-class buffers for other continual-learning code: a ``weights_only``
-    ``.pt`` with ``buffers`` (class id -> float ``[ipc, C, H, W]`` in network-input space),
-    ``class_names``, ``preprocess`` and ``meta`` (README: "Using buffers in other CL code")."""
+    ``.pt`` with ``buffers`` (class id -> float ``[ipc, C, H, W]`` in network-input space; the
+    decoded ``ipc * factor^2`` training images of a multi-formation set), ``class_names``,
+    ``preprocess`` and ``meta`` (README: "Using buffers in other CL code")."""
     labels = synset.labels.cpu()
-    buffers = {int(k): synset.images[labels == k].detach().cpu().contiguous()
+    buffers = {int(k): synset.decoded_class(k).detach().cpu().contiguous()
                for k in range(synset.num_classes) if bool((labels == k).any())}
     state = synset.state()
     blob = {"format": BUFFERS_FORMAT, "version": 1, "buffers": buffers,

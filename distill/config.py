@@ -4,6 +4,12 @@
   where it was (``distill.lr``) and the allowed keys; values are type-checked.
 - :func:`to_dict` gives the plain dict (for YAML, JSON and synthetic-set metadata).
 - :func:`apply_override` applies a ``a.b=c`` override (the value parsed as YAML).
+- An *open section* is a dataclass whose ``OPEN_FIELD`` (a dict field) takes extra flat keys
+  declared elsewhere (``open_keys()``: name -> type): the distillation section takes every
+  registered method's own hyperparameters this way (``distill.lam``), and they read, print and
+  hash as if they were fields of the section.
+- :class:`Sources` records where each value of a config came from (a file and line, a flag,
+  ``--set``, a preset, a method, a dataset, a size rule), for ``--explain`` and ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -79,27 +85,70 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# The one list of config keys that change how work is done, never its result (up to float
+# rounding): reporting, checkpoint cadence, snapshots, chunking, compilation, ensembling, worker
+# processes and storage, and where a job ran. Cache keys, resume checks and the finished-output
+# checks of every job leave them out (:func:`execution_free`).
+EXECUTION_KEYS = ("checkpoint_every", "checkpoint_minutes", "snapshots", "eval_every", "eval_epochs", "chunk",
+                  "syn_chunk", "compile", "ensemble", "tensorboard", "workers", "storage", "heartbeat", "device",
+                  "cache", "versions")
+
+
+def execution_free(config: Any) -> Any:
+    """``config`` (a ``to_dict`` form) without :data:`EXECUTION_KEYS`, at every depth."""
+    if isinstance(config, dict):
+        return {k: execution_free(v) for k, v in config.items() if k not in EXECUTION_KEYS}
+    return config
+
+
+def open_keys(cls: type) -> dict[str, Any]:
+    """The extra flat keys an open section takes (name -> type); ``{}`` for other dataclasses."""
+    return dict(cls.open_keys()) if getattr(cls, "OPEN_FIELD", None) else {}  # type: ignore[attr-defined]
+
+
+def section_keys(cls: type) -> list[str]:
+    """Every key a section takes: its fields (an open section's dict field excepted), then its
+    open keys."""
+    own = [f.name for f in dataclasses.fields(cls) if f.name != getattr(cls, "OPEN_FIELD", None)]  # type: ignore[arg-type]
+    return own + [k for k in open_keys(cls) if k not in own]
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; missing keys keep their defaults."""
     data = data or {}
     if not isinstance(data, dict):
         raise UserError(f"{where or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    kwargs = {}
+    opened = getattr(cls, "OPEN_FIELD", None)
+    extra = open_keys(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != opened]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
-        if key not in names:
+        if key in names:
+            kwargs[key] = _coerce(value, hints[key], path)
+        elif key in extra:  # an open key left null is unset, as if absent
+            coerced = _coerce(value, extra[key], path)
+            kwargs.setdefault(opened, {})
+            if coerced is not None:
+                kwargs[opened][key] = coerced
+        else:
             raise ConfigError(path, f"unknown config key {path!r}; allowed keys{' under ' + where if where else ''}: "
-                            f"{', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], path)
+                            f"{', '.join(section_keys(cls))}")
     return cls(**kwargs)
 
 
 def to_dict(obj: Any) -> Any:
-    """Dataclass (nested) -> plain dict of builtins."""
+    """Dataclass (nested) -> plain dict of builtins; an open section's extra keys sit beside its
+    fields, in the order ``open_keys`` declares them."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        opened = getattr(obj, "OPEN_FIELD", None)
+        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != opened}
+        if opened:
+            given = getattr(obj, opened)
+            out.update({k: to_dict(given[k]) for k in open_keys(type(obj)) if k in given})
+            out.update({k: to_dict(v) for k, v in given.items() if k not in out})
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -178,3 +227,64 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+class Sources:
+    """Where each value of a resolved config came from, by dotted key (``distill.iterations``):
+    ``default`` unless recorded otherwise. The layers that assemble a config (file, flags,
+    ``--set``) and the steps that fill its ``None`` values (a preset, a method, a dataset's quick
+    defaults, a size rule) each record what they set; :meth:`explain` prints every value beside
+    its source (``--explain``), and ``config.yaml`` carries them as comments."""
+
+    def __init__(self) -> None:
+        self.where: dict[str, str] = {}
+
+    def set(self, key: str, source: str) -> None:
+        self.where[key] = source
+
+    def set_tree(self, data: Any, source: str, prefix: str = "") -> None:
+        """Record ``source`` for every leaf of a nested mapping (a config file, a named buffer)."""
+        if isinstance(data, dict) and data:
+            for k, v in data.items():
+                self.set_tree(v, source, f"{prefix}.{k}" if prefix else str(k))
+        elif prefix:
+            self.set(prefix, source)
+
+    def of(self, key: str) -> str:
+        """The source of ``key`` (its own, else the nearest recorded section above it)."""
+        k = key
+        while k:
+            if k in self.where:
+                return self.where[k]
+            k = k.rpartition(".")[0]
+        return "default"
+
+    def explain(self, tree: dict[str, Any], prefix: str = "") -> list[str]:
+        """``key: value  # source`` for every leaf of ``tree`` (a ``to_dict`` form), in order."""
+        lines = []
+        for k, v in tree.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                lines += self.explain(v, key)
+            else:
+                value = yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+                lines.append(f"{key}: {value}  # {self.of(key)}")
+        return lines
+
+    def commented_yaml(self, tree: dict[str, Any]) -> str:
+        """``tree`` as YAML with each value's source as a trailing comment (a run's config.yaml)."""
+        out: list[str] = []
+
+        def walk(node: dict[str, Any], prefix: str, indent: int) -> None:
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                pad = "  " * indent
+                if isinstance(v, dict) and v:
+                    out.append(f"{pad}{k}:")
+                    walk(v, key, indent + 1)
+                else:
+                    value = yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+                    out.append(f"{pad}{k}: {value}  # {self.of(key)}")
+
+        walk(tree, "", 0)
+        return "\n".join(out) + "\n"

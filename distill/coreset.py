@@ -3,7 +3,8 @@
 Herding and k-center work on embeddings of a ConvNet trained on the real training set
 (the distillation ConvNet, ``embed_epochs`` epochs of the evaluation recipe without
 augmentation; docs/protocols.md section 4). The selection functions are pure: embeddings in,
-indices out.
+indices out; the methods that use them are ``distill.methods.coresets`` and the driver that
+applies them per class is ``distill.selection``.
 """
 
 from __future__ import annotations
@@ -52,24 +53,3 @@ def kcenter(emb: Tensor, k: int) -> Tensor:
 def random_subset(n: int, k: int, generator: torch.Generator | None = None) -> Tensor:
     """``k`` distinct indices out of ``n``, uniformly (seeded)."""
     return torch.randperm(n, generator=generator)[: min(k, n)]
-
-
-SELECTORS = {"herding": herding, "kcenter": kcenter}
-
-
-def select_per_class(labels: Tensor, num_classes: int, ipc: int, method: str,
-                     emb: Tensor | None = None, generator: torch.Generator | None = None,
-                     classes: list[int] | None = None) -> Tensor:
-    """Dataset indices of ``ipc`` selected images per class, class-major (over ``classes``,
-    default every class ``0..num_classes-1``, in that order)."""
-    labels = labels.cpu()
-    picks = []
-    for c in range(num_classes) if classes is None else classes:
-        idx = torch.nonzero(labels == c).flatten()
-        if method == "random":
-            local = random_subset(len(idx), ipc, generator)
-        else:
-            assert emb is not None, "herding/kcenter need embeddings"
-            local = SELECTORS[method](emb[idx.to(emb.device)], ipc).cpu()
-        picks.append(idx[local])
-    return torch.cat(picks)

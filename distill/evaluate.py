@@ -115,8 +115,7 @@ def evaluate_set(
     (the set's place in a multi-set evaluation) offsets the networks' seeds, so that every set
     gets its own networks; set 0 keeps the single-set seeds."""
     dev = torch.device(device)
-    x = synset.images.to(dev)
-    y = synset.labels.to(dev)
+    x, y = (t.to(dev) for t in synset.decoded())
     test_x, test_y = test_x.to(dev), test_y.to(dev)
     size = (x.shape[2], x.shape[3])
     results = []

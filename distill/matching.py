@@ -6,7 +6,8 @@ Notation: ``f`` a feature map ``[B, C, H, W]`` of one block (post-activation, pr
 - Spatial attention (DataDAM Eq. 2): ``A_s(f) = sum_c |f_c|^p_s``, flattened to ``[B, H*W]``.
 - Channel attention (ATOM Eq. 3): ``A_c(f) = sum_{h,w} |f_{:,h,w}|^p_c``, ``[B, C]``.
 - Both are reductions of ``|f|^p``; ``ATTENTION_MAPS`` registers them by name, and a method
-  (``distill.methods``) lists the maps it matches. A new map is one ``register_attention_map``.
+  (``distill.methods``) lists the maps it matches with its own exponents. A new map is one
+  ``register_attention_map``.
 - Each attention vector is L2-normalised per sample: ``z = A / ||A||_2``.
 - Attention matching (DataDAM Eq. 3, ATOM Eq. 4): per class and layer,
   ``|| mean_real(z) - mean_syn(z) ||^2``, summed over classes and layers ``1..L-1``.
@@ -41,12 +42,11 @@ def abs_pow(f: Tensor, p: float) -> Tensor:
 
 @dataclass(frozen=True)
 class AttentionMap:
-    """An attention map: ``reduce(|f|^p) -> [B, D]`` for one block's features ``[B, C, H, W]``;
-    ``power`` names the DistillConfig field that holds its exponent ``p``."""
+    """An attention map: ``reduce(|f|^p) -> [B, D]`` for one block's features ``[B, C, H, W]``
+    (the exponent ``p`` is a hyperparameter of the method that matches the map)."""
 
     name: str
     reduce: Callable[[Tensor], Tensor]
-    power: str
 
 
 ATTENTION_MAPS: dict[str, AttentionMap] = {}
@@ -58,8 +58,8 @@ def register_attention_map(m: AttentionMap) -> AttentionMap:
     return add(ATTENTION_MAPS, m.name, m, "attention map")
 
 
-SPATIAL = register_attention_map(AttentionMap("spatial", lambda powered: powered.sum(dim=1).flatten(1), "p_spatial"))
-CHANNEL = register_attention_map(AttentionMap("channel", lambda powered: powered.sum(dim=(2, 3)), "p_channel"))
+SPATIAL = register_attention_map(AttentionMap("spatial", lambda powered: powered.sum(dim=1).flatten(1)))
+CHANNEL = register_attention_map(AttentionMap("channel", lambda powered: powered.sum(dim=(2, 3))))
 
 
 def spatial_attention(f: Tensor, p: float) -> Tensor:

@@ -14,7 +14,14 @@ strings, so ``torch.load(path, weights_only=True)`` reads it and never runs code
                 ``zca_matrix`` ``[D, D]`` | None, ``zca_inverse`` ``[D, D]`` | None (D = C*H*W);
                 pixels = ((images.flatten(1) @ zca_inverse + zca_mean).view_as(images)) * std + mean
 ``meta``        dict: dataset, method, ipc, seed, iterations, config, versions, created, ...
+``factor``      optional int (multi-formation, ``distill.multiformation``): each stored image
+                holds ``factor x factor`` patches, decoded into ``factor^2`` training images;
+                absent means 1. A file with a factor above 1 is version 2 (older readers refuse
+                it instead of training on the stored mosaics).
 =============== ==============================================================================
+
+A SyntheticSet is immutable: what identifies it (its metadata) is given when it is made;
+:meth:`SyntheticSet.with_meta` and :meth:`SyntheticSet.with_images` return new sets.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +39,11 @@ from torch import Tensor
 
 from .errors import UserError, reason
 from .files import atomic_save, atomic_write
+from .multiformation import check_factor, decode, decode_labels
 from .preprocess import Preprocess
 
 FORMAT = "attention-distill/synthetic-set"
-VERSION = 1
+VERSION = 2  # the newest this toolkit reads and writes; a set without version-2 fields is written as 1
 REQUIRED_KEYS = ("format", "version", "images", "labels", "class_names", "preprocess", "meta")
 
 
@@ -62,18 +70,29 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyntheticSet:
-    """Synthetic (or selected) images with hard labels, their preprocessing and metadata."""
+    """Synthetic (or selected) images with hard labels, their preprocessing and metadata;
+    ``images`` are the stored ones (at multi-formation ``factor``; :meth:`decoded` gives the
+    training images)."""
 
     images: Tensor
     labels: Tensor
     class_names: list[str]
     preprocess: Preprocess
     meta: dict[str, Any] = field(default_factory=dict)
+    factor: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def with_meta(self, **entries: Any) -> "SyntheticSet":
+        """The same set with more metadata entries."""
+        return replace(self, meta={**self.meta, **entries})
+
+    def with_images(self, images: Tensor) -> "SyntheticSet":
+        """The same set with other stored images of the same shape (e.g. gathered shards)."""
+        return replace(self, images=images)
 
     # -- checks ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -95,6 +114,7 @@ class SyntheticSet:
         if len(lab) and (int(lab.min()) < 0 or int(lab.max()) >= k):
             raise UserError(f"synthetic set: labels must lie in [0, {k}), found "
                             f"[{int(lab.min())}, {int(lab.max())}]")
+        check_factor(self.factor, img.shape[2], img.shape[3])
         c, pre = img.shape[1], self.preprocess
         if pre.mean.numel() != c or pre.std.numel() != c:
             raise UserError(f"synthetic set: preprocess mean/std have {pre.mean.numel()} "
@@ -129,34 +149,47 @@ class SyntheticSet:
         return int(c.min()) if len(c) else 0
 
     def class_images(self, k: int) -> Tensor:
-        """All images of class ``k`` (network-input space)."""
+        """The stored images of class ``k`` (network-input space)."""
         return self.images[self.labels == k]
+
+    def decoded(self) -> tuple[Tensor, Tensor]:
+        """``(images, labels)`` that networks train on: the stored images decoded at the set's
+        multi-formation factor (the stored ones themselves at factor 1)."""
+        return decode(self.images, self.factor), decode_labels(self.labels, self.factor)
+
+    def decoded_class(self, k: int) -> Tensor:
+        """The training images of class ``k`` (decoded)."""
+        return decode(self.class_images(k), self.factor)
 
     def subset(self, classes: list[int] | Tensor) -> "SyntheticSet":
         """The set restricted to the given classes (labels unchanged)."""
         cls = torch.as_tensor(list(classes) if not isinstance(classes, Tensor) else classes)
         mask = torch.isin(self.labels.cpu(), cls.cpu()).to(self.labels.device)
-        return SyntheticSet(self.images[mask], self.labels[mask], list(self.class_names),
-                            self.preprocess, dict(self.meta))
+        return replace(self, images=self.images[mask], labels=self.labels[mask])
 
-    def to_pixels(self) -> Tensor:
-        """Images mapped back to [0, 1] pixels (ZCA and normalisation inverted, clamped)."""
-        return self.preprocess.to_pixels(self.images.detach().cpu())
+    def to_pixels(self, decoded: bool = False) -> Tensor:
+        """The stored images (or, with ``decoded``, the training images) mapped back to [0, 1]
+        pixels (ZCA and normalisation inverted, clamped)."""
+        x = self.decoded()[0] if decoded else self.images
+        return self.preprocess.to_pixels(x.detach().cpu())
 
     # -- persistence -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         meta = dict(self.meta)
         meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         meta.setdefault("versions", library_versions())
-        return {
+        blob = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": 1,
             "images": self.images.detach().float().cpu().contiguous(),
             "labels": self.labels.detach().long().cpu().contiguous(),
             "class_names": [str(c) for c in self.class_names],
             "preprocess": self.preprocess.state(),
             "meta": _plain(meta),
         }
+        if self.factor != 1:
+            blob.update(version=2, factor=int(self.factor))
+        return blob
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         atomic_save(self.state(), path)
@@ -186,10 +219,13 @@ class SyntheticSet:
             raise UserError(f"{source}: class_names must be a list, got {type(blob['class_names']).__name__}")
         if isinstance(blob["labels"], Tensor) and len(blob["labels"]) == 0:
             raise UserError(f"{source} holds no images")
+        factor = blob.get("factor", 1)
+        if isinstance(factor, bool) or not isinstance(factor, int):
+            raise UserError(f"{source}: factor must be an integer, got {factor!r}")
         try:
             return SyntheticSet(images=blob["images"], labels=blob["labels"],
                                 class_names=list(blob["class_names"]),
-                                preprocess=Preprocess.from_state(pre), meta=dict(blob["meta"]))
+                                preprocess=Preprocess.from_state(pre), meta=dict(blob["meta"]), factor=factor)
         except UserError as exc:  # name the file
             raise UserError(f"{source}: {exc}") from None
 
@@ -207,10 +243,12 @@ class SyntheticSet:
     # -- exports ---------------------------------------------------------------------------
     def export_npz(self, path: str | os.PathLike[str]) -> Path:
         """``images`` (network space, float32 NCHW), ``pixels`` (uint8 NHWC), ``labels``,
-        ``class_names`` and the preprocessing arrays, readable with ``numpy.load``."""
-        pix = (self.to_pixels() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        ``class_names`` and the preprocessing arrays, readable with ``numpy.load``. Images are
+        the training images (decoded from a multi-formation set: what other code consumes)."""
+        images, labels = self.decoded()
+        pix = (self.to_pixels(decoded=True) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         pre = {f"preprocess_{k}": v.numpy() for k, v in self.preprocess.state().items() if v is not None}
-        arrays = dict(images=self.images.detach().cpu().numpy(), pixels=pix, labels=self.labels.cpu().numpy(),
+        arrays = dict(images=images.detach().cpu().numpy(), pixels=pix, labels=labels.cpu().numpy(),
                       class_names=np.array(self.class_names), **pre)
 
         def write(tmp: Path) -> None:
@@ -220,12 +258,13 @@ class SyntheticSet:
         return atomic_write(path, write)
 
     def export_png(self, folder: str | os.PathLike[str]) -> Path:
-        """One folder per class (``000_airplane/``), one PNG per image: an ImageFolder tree."""
+        """One folder per class (``000_airplane/``), one PNG per (decoded) training image: an
+        ImageFolder tree."""
         from PIL import Image
 
         folder = Path(folder)
-        pix = (self.to_pixels() * 255).round().to(torch.uint8)
-        lab = self.labels.cpu()
+        pix = (self.to_pixels(decoded=True) * 255).round().to(torch.uint8)
+        lab = self.decoded()[1].cpu()
         seen: dict[int, int] = {}
         for img, y in zip(pix, lab.tolist()):
             name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.class_names[y])

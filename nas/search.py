@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from distill.data import ImageData
-from distill.distiller import Prepared
+from distill.prepare import Prepared
 from distill.errors import UserError, reason
 from distill.synset import SyntheticSet
 from distill.train import steps_per_epoch
@@ -110,8 +110,10 @@ def whole_condition(prep: Prepared, cfg: NASConfig, train_idx: Tensor, val_idx: 
 
 def proxy_condition(synset: SyntheticSet, test_x: Tensor, data: ImageData, val_idx: Tensor,
                     cfg: NASConfig) -> Condition:
-    """Training on a synthetic set; validation and test images in the set's own input space."""
-    return Condition("proxy", synset.images, synset.labels, synset.preprocess(data.train_x[val_idx]),
+    """Training on a synthetic set (its decoded training images); validation and test images in
+    the set's own input space."""
+    x, y = synset.decoded()
+    return Condition("proxy", x, y, synset.preprocess(data.train_x[val_idx]),
                      data.train_y[val_idx], test_x, data.test_y, data.num_classes, int(cfg.proxy_epochs or 200))
 
 

@@ -2,7 +2,7 @@
 
 A buffer is named by its method and IPC (``atom`` + 20 on digits -> ``digits_atom_ipc20``);
 its cache key covers the dataset identity (name, image size, ZCA) and every resolved
-hyperparameter the set depends on (``distill.distiller.result_config``), so a pipeline that
+hyperparameter the set depends on (``distill.settings.set_identity``), so a pipeline that
 needs ``datadam`` at IPC 20 distils it once and every later run, step count or class order
 reuses the file.
 """
@@ -16,7 +16,9 @@ import torch
 
 from distill.config import to_dict
 from distill.data import ImageData
-from distill.distiller import DistillConfig, DistillSettings, Prepared, check_ipc, distill, prepare, resolve, result_config
+from distill.loop import distill
+from distill.prepare import Prepared, check_ipc, prepare
+from distill.settings import DistillSettings, SetConfig, resolve, set_identity
 from distill.synset import SyntheticSet
 
 from .artifacts import Artifact
@@ -24,8 +26,8 @@ from .common import DataConfig
 
 
 
-def buffer_key_config(data_id: dict[str, Any], cfg: DistillConfig) -> dict[str, Any]:
-    return {"dataset": data_id, "distill": result_config(to_dict(cfg))}
+def buffer_key_config(data_id: dict[str, Any], cfg: SetConfig) -> dict[str, Any]:
+    return {"dataset": data_id, "distill": set_identity(to_dict(cfg))}
 
 
 class BufferMaker:
@@ -48,17 +50,17 @@ class BufferMaker:
             self._prep = prepare(self.data, self.data_cfg.zca, self.device)
         return self._prep
 
-    def resolve(self, method: str, ipc: int, settings: DistillSettings | None = None) -> DistillConfig:
+    def resolve(self, method: str, ipc: int, settings: DistillSettings | None = None) -> SetConfig:
         """The resolved config of ``method`` at ``ipc`` with the job's distillation settings."""
-        return resolve(DistillConfig.of(method, ipc, settings), self.data.image_size[0], self.data.name)
+        return resolve(SetConfig.of(method, ipc, settings), self.data.image_size[0], self.data.name)
 
-    def artifact(self, cfg: DistillConfig) -> Artifact:
+    def artifact(self, cfg: SetConfig) -> Artifact:
         data_id = self.data_cfg.identity(self.data)
         data_id.update(self.subset)
         return Artifact(self.root, "buffers", f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}",
                         buffer_key_config(data_id, cfg), "synset.pt")
 
-    def get(self, cfg: DistillConfig) -> tuple[SyntheticSet, Path, bool]:
+    def get(self, cfg: SetConfig) -> tuple[SyntheticSet, Path, bool]:
         """``(set, path, reused)`` for a resolved config: the cached file, or a new distillation
         that checkpoints into the artifact folder (an interrupted one continues)."""
         art = self.artifact(cfg)
@@ -72,10 +74,10 @@ class BufferMaker:
             folder = art.open(force=force)
             self._made.add(art.key)
             ckpt = folder / "checkpoint.pt"
-            synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress)
-            synset.meta["data_config"] = to_dict(self.data_cfg)
-            synset.meta["artifact_key"] = art.key
-            synset.meta.update(self.subset)  # e.g. source_indices then index the training set without the split
+            # subset: e.g. source_indices then index the training set without the split
+            synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress,
+                             extra_meta={"data_config": to_dict(self.data_cfg), "artifact_key": art.key,
+                                         **self.subset})
             synset.save(art.result_path)
             synset.save_grid(folder / "grid.png")
             ckpt.unlink(missing_ok=True)

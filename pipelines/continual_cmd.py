@@ -19,7 +19,8 @@ from typing import Any
 from continual.config import ContinualConfig, resolve_continual
 from distill.config import to_dict
 from distill.datasets import quick_defaults
-from distill.distiller import DistillSettings, check_ipc
+from distill.prepare import check_ipc
+from distill.settings import DistillSettings, settings_for
 from distill.errors import UserError
 from distill.files import atomic_text
 from distill.methods import METHODS, get_method
@@ -60,7 +61,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
 
     with warnings.catch_warnings():  # avalanche warns at import that GEM has no QP solver
         warnings.filterwarnings("ignore", message="no QP solver")
-        from continual.baselines import STEPWISE, stepwise_coreset
+        from continual.baselines import is_stepwise, stepwise_coreset
         from continual.memory import check_memory
         from continual.protocol import benchmarks_for, cell_from_dict, cell_to_dict, run_memory, step_stats
         from continual.report import plot_curves, step_rows, tensorboard_log
@@ -81,6 +82,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
     for spec in specs:  # every typo before any long work
         if spec not in files:
             get_method(spec)
+    settings_for([s for s in specs if s not in files], job.distill)
     out = run.folder_for(args.out, f"continual-{data.name}-{cfg.steps}steps")
     write_job_config(out, {"dataset": to_dict(job.dataset), "continual": to_dict(cfg),
                            "distill": to_dict(job.distill), "device": str(device),
@@ -99,7 +101,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
         check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
         memories[labels[spec]] = (synset, "file:" + file_digest(spec))
     maker = BufferMaker(job.dataset, data, device, args.cache, args.force, progress=not args.quiet)
-    for spec in [s for s in specs if s not in files and s in STEPWISE]:
+    for spec in [s for s in specs if s not in files and is_stepwise(s)]:
         dcfg = maker.resolve(spec, cfg.ipc, job.distill)
         check_ipc(data, cfg.ipc)
 
@@ -111,7 +113,7 @@ def cmd_continual(args: argparse.Namespace, run: RunContext) -> int:
         key = config_key({**buffer_key_config(job.dataset.identity(data), dcfg), "steps": cfg.steps})
         print(f"  memory {spec}: chosen per class order and step (no later data), key {key}")
         memories[spec] = (per_order, "stepwise:" + key)
-    for spec in [s for s in specs if s not in files and s not in STEPWISE]:
+    for spec in [s for s in specs if s not in files and not is_stepwise(s)]:
         dcfg = maker.resolve(spec, cfg.ipc, job.distill)
         synset, path, reused = maker.get(dcfg)
         print(f"  memory {spec}: {'reused' if reused else 'made'} {path}")

@@ -19,6 +19,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill.config import to_dict  # noqa: E402
+from distill.methods import param_table  # noqa: E402
 from pipelines.continual_cmd import ContinualJob  # noqa: E402
 from pipelines.nas_cmd import NASJob  # noqa: E402
 from pipelines.run import DistillJob, EvaluateJob  # noqa: E402
@@ -38,11 +39,17 @@ def comments(cls: type) -> dict[str, str]:
     return out
 
 def dump(obj: Any, indent: int = 0) -> list[str]:
+    """Every key of a config section with its default and comment; an open section (the
+    distillation settings) also lists every registered method's hyperparameters."""
     lines = []
     cm = comments(type(obj))
+    opened = getattr(obj, "OPEN_FIELD", None)
+    pad = "  " * indent
     for f in dataclasses.fields(obj):
+        if f.name == opened:
+            lines += [f"{pad}{name}: null  # {info.comment()}" for name, info in param_table().items()]
+            continue
         v = getattr(obj, f.name)
-        pad = "  " * indent
         if dataclasses.is_dataclass(v):
             note = cm.get(f.name) or (type(v).__doc__ or "").strip().splitlines()[0]
             lines.append(f"{pad}{f.name}:  # {note}")

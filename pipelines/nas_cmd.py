@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from distill.config import to_dict
-from distill.distiller import DistillSettings, prepare
+from distill.prepare import prepare
+from distill.settings import DistillSettings, settings_for
 from distill.errors import UserError
 from distill.evaluate import eval_inputs
 from distill.files import atomic_text
@@ -98,6 +99,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
     space = get_space(job.nas.space)
     data = job.dataset.load(quick_resolution(job.dataset.name, job.nas.space))
     cfg = resolve_nas(job.nas, data.name)
+    settings_for([p.method for p in parsed.values() if p], job.distill)
     check_space_fits(space, data)
     names = [candidate_name(p) for p in grid(space)]
     out = run.folder_for(args.out, f"nas-{data.name}-{cfg.space}")
@@ -141,7 +143,7 @@ def cmd_nas(args: argparse.Namespace, run: RunContext) -> int:
                                    {**base, "proxy": identity, "epochs": cfg.proxy_epochs},
                                    cfg, Path(args.cache), device, args.force, args.quiet)
         if cfg.early_stopping:
-            steps, ecnd = early_condition(whole_cond, len(synset.labels), cfg)
+            steps, ecnd = early_condition(whole_cond, len(synset.decoded()[1]), cfg)
             elabel = f"early_{steps}steps"
             if elabel not in results:
                 results[elabel] = run_study(f"{data.name}_{elabel}", ecnd, {**base, "early_steps": steps,

@@ -11,7 +11,7 @@ from typing import Any
 
 from distill.config import from_dict, load_yaml, locate, to_dict
 from distill.datasets import DATASETS
-from distill.distiller import DistillConfig, DistillSettings
+from distill.settings import DistillSettings, SetConfig
 from distill.errors import ConfigError, UserError
 from distill.methods import get_method
 
@@ -38,9 +38,9 @@ class BufferDef:
     def ipc(self) -> int:
         return int(self.distill["ipc"])
 
-    def distill_config(self, settings: DistillSettings) -> DistillConfig:
+    def distill_config(self, settings: DistillSettings) -> SetConfig:
         """The job's distillation settings with this buffer's distill keys (method, IPC, ...) applied."""
-        return from_dict(DistillConfig, {**to_dict(settings), **self.distill}, "distill")
+        return from_dict(SetConfig, {**to_dict(settings), **self.distill}, "distill")
 
 
 def dataset_base(defs: list[BufferDef]) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def registry(path: Path = BUFFERS_FILE) -> dict[str, BufferDef]:
             raise UserError(f"{path}: buffer {name!r} must be a mapping with dataset and distill sections")
         try:
             ds = to_dict(from_dict(DataConfig, entry.get("dataset") or {}, f"{name}.dataset"))
-            from_dict(DistillConfig, entry.get("distill") or {}, f"{name}.distill")
+            from_dict(SetConfig, entry.get("distill") or {}, f"{name}.distill")
         except ConfigError as exc:
             raise locate(exc, path) from None
         given = entry.get("dataset") or {}

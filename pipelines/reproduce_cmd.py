@@ -25,7 +25,8 @@ import yaml
 
 from distill.config import to_dict
 from distill.datasets import get_dataset
-from distill.distiller import DistillConfig, DistillSettings, check_ipc, resolve
+from distill.prepare import check_ipc
+from distill.settings import DistillSettings, SetConfig, resolve, settings_for
 from distill.errors import UserError, choice_error
 from distill.evaluate import combine_sets, eval_inputs, evaluate_set, resolve_eval
 from distill.files import atomic_text
@@ -139,16 +140,16 @@ def select_cells(table: Table, methods: list[str] | None, ipcs: list[int] | None
     return [r for r in implemented if (not methods or r.method in methods) and (not ipcs or r.ipc in ipcs)]
 
 
-def cell_configs(cell: Published, settings: DistillSettings, budget: Budget, data: DataConfig) -> list[DistillConfig]:
+def cell_configs(cell: Published, settings: DistillSettings, budget: Budget, data: DataConfig) -> list[SetConfig]:
     """The resolved distillation config of every set of a cell: seed ``s`` for set ``s``, the
     method's own iterations scaled by the budget (at least 1)."""
     size = data.resolution or get_dataset(data.name).resolution
-    base = resolve(DistillConfig.of(cell.method, cell.ipc, settings), size, data.name)
+    base = resolve(SetConfig.of(cell.method, cell.ipc, settings), size, data.name)
     return [replace(base, seed=settings.seed + s, iterations=max(1, round(base.iterations * budget.iterations)),
                     embed_epochs=budget.embed_epochs) for s in range(budget.sets)]
 
 
-def run_cell(maker: BufferMaker, cfgs: list[DistillConfig], recipe: TrainRecipe, root: Path, device: Any,
+def run_cell(maker: BufferMaker, cfgs: list[SetConfig], recipe: TrainRecipe, root: Path, device: Any,
              progress: bool) -> dict[str, Any]:
     """Distil (or reuse) every set of a cell, evaluate them, return the cell's record (cached)."""
     arts = [maker.artifact(c) for c in cfgs]
@@ -207,6 +208,7 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     cells = select_cells(table, methods, _csv_ints(args.ipc, "--ipc"))
     recipe = resolve_eval(job.eval, job.dataset.name)
+    settings_for([c.method for c in cells], job.distill)
     plans = [(c, cell_configs(c, job.distill, budget, job.dataset)) for c in cells]  # config errors first
     device = pick_device(args.device)
     data = job.dataset.load()

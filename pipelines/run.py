@@ -28,7 +28,10 @@ import torch
 from distill.config import to_dict
 from distill.data import ImageData
 from distill.datasets import DATASETS
-from distill.distiller import DistillConfig, check_ipc, distill, prepare, resolve, result_config
+from distill.interrupts import Terminated, raise_terminated
+from distill.loop import distill
+from distill.prepare import check_ipc, prepare
+from distill.settings import SetConfig, resolve, set_identity, settings_for
 from distill.errors import UserError
 from distill.evaluate import ALL_ARCHS, combine_sets, eval_inputs, evaluate_set, resolve_eval
 from distill.train import TrainRecipe, keep_host_memory
@@ -47,14 +50,14 @@ class DistillJob:
     """``run.py distill``: dataset + distillation hyperparameters."""
 
     dataset: DataConfig = field(default_factory=DataConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    distill: SetConfig = field(default_factory=SetConfig)
 
 
 # --------------------------------------------------------------------------------------
 # distill
 
 
-def finished_here(args: argparse.Namespace, cfg: DistillConfig, data: ImageData) -> bool:
+def finished_here(args: argparse.Namespace, cfg: SetConfig, data: ImageData) -> bool:
     """A finished set in ``--out`` is never overwritten without ``--force``: True (nothing to
     do, said) when it was made from the same data with the same config, else one error line."""
     done = Path(args.out) / "synset.pt" if args.out else None
@@ -62,7 +65,7 @@ def finished_here(args: argparse.Namespace, cfg: DistillConfig, data: ImageData)
         return False
     old = SyntheticSet.load(done)
     same = (old.meta.get("dataset") == data.name and list(old.meta.get("image_size") or []) == list(data.image_size)
-            and result_config(old.meta.get("config") or {}) == result_config(to_dict(cfg)))
+            and set_identity(old.meta.get("config") or {}) == set_identity(to_dict(cfg)))
     if not same:
         raise UserError(f"--out {args.out} already holds a finished synthetic set made with another config or "
                         "data; give another --out, or --force to replace it")
@@ -86,7 +89,7 @@ def cmd_distill(args: argparse.Namespace, run: RunContext) -> int:
         device = torch.device("cuda", d.local_rank)
     if d.active and not args.out:
         raise UserError("under torchrun give --out DIR, the folder every rank writes to")
-    get_method(job.distill.method)  # a typo fails before any data is loaded
+    settings_for([job.distill.method], job.distill)  # a typo or a hyperparameter it ignores: before any data
     data = job.dataset.load()
     cfg = resolve(job.distill, data.image_size[0], data.name)
     check_ipc(data, cfg.ipc)
@@ -121,15 +124,14 @@ def cmd_distill(args: argparse.Namespace, run: RunContext) -> int:
     if args.force and ckpt.exists():
         ckpt.unlink()
     synset = distill(prep, cfg, checkpoint=ckpt, resume=not args.force, progress=not args.quiet and lead,
-                     shard=shard)
+                     shard=shard, extra_meta={"data_config": to_dict(job.dataset),
+                                              **({"processes": d.world} if shard is not None else {})})
     if shard is not None:
-        synset.images = scaleout.gather_shards(synset.images, data.num_classes, cfg.ipc, d, device)
-        synset.meta["processes"] = d.world
+        synset = synset.with_images(scaleout.gather_shards(synset.images, data.num_classes, cfg.ipc, d, device))
         scaleout.stop(d)
     if not lead:
         ckpt.unlink(missing_ok=True)
         return 0
-    synset.meta["data_config"] = to_dict(job.dataset)
     path = synset.save(out / "synset.pt")
     grid = synset.save_grid(out / "grid.png")
     if ckpt.exists():
@@ -344,15 +346,6 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler's stop, ``kill``): handled as Ctrl-C is, so checkpoints, resume
-    hints and worker processes are dealt with the same way; the command then exits 143 (128 + 15)."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
@@ -361,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     tee = Tee(sys.stdout)
     code = 1
     on_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal needs it
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if on_main_thread else None
     try:
         for flag in ("out", "cache"):  # where results go, before any work (list only reads the cache)
             if getattr(args, flag, None) and args.command != "list":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distill.datasets import load_dataset
-from distill.distiller import prepare
+from distill.prepare import prepare
 
 
 @pytest.fixture(scope="session")

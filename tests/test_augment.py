@@ -101,7 +101,7 @@ def test_siamese_same_within_class_different_across(gen):
     # must still be identical (same parameters), while classes differ
     x_real = base.repeat(k * b, 1, 1, 1)
     x_syn = base.repeat(k * i, 1, 1, 1).clone().requires_grad_(True)
-    # the distiller's mechanism: one draw per class, indexed by each stack's class ids
+    # the distillation step's mechanism: one draw per class, indexed by each stack's class ids
     p = A.sample_params(k, (16, 16), torch.Generator().manual_seed(7))
     r = A.apply(x_real, p.index(A.group_ids(0, k, b)))
     s = A.apply(x_syn, p.index(A.group_ids(0, k, i)))

@@ -46,12 +46,12 @@ def test_finished_distillation_is_not_overwritten_without_force(tmp_path, capsys
     assert "already finished with this config; nothing to do" in capsys.readouterr().out
     assert (out / "synset.pt").read_bytes() == first
     # another config into the same folder: refused
-    code, err = _err(capsys, [*argv, "--set", "distill.lam=0.5"])
+    code, err = _err(capsys, [*argv, "--set", "distill.loss_scale=0.5"])
     assert code == 2 and len(err) == 1 and "already holds a finished synthetic set" in err[0]
     assert (out / "synset.pt").read_bytes() == first
     # --force replaces it
-    assert main([*argv, "--set", "distill.lam=0.5", "--force"]) == 0
-    assert SyntheticSet.load(out / "synset.pt").meta["config"]["lam"] == 0.5
+    assert main([*argv, "--set", "distill.loss_scale=0.5", "--force"]) == 0
+    assert SyntheticSet.load(out / "synset.pt").meta["config"]["loss_scale"] == 0.5
 
 
 def test_config_file_and_overrides(tmp_path):

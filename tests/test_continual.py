@@ -14,7 +14,9 @@ from continual.memory import SyntheticMemory, check_memory, export_buffers, memo
 from continual.protocol import CellResult, benchmarks_for, cell_seed, run_memory, step_stats
 from continual.report import step_rows
 from distill.datasets import load_dataset
-from distill.distiller import DistillConfig, prepare, resolve, select
+from distill.prepare import prepare
+from distill.selection import select
+from distill.settings import SetConfig, resolve
 from distill.errors import UserError
 from distill.evaluate import parse_arch
 from distill.train import TrainRecipe, train_group
@@ -30,7 +32,7 @@ def digits8():
 def memory_set(digits8):
     """A random-real memory: 4 images per class of 8x8 digits."""
     prep = prepare(digits8)
-    return select(prep, resolve(DistillConfig(method="random", ipc=4), 8, "digits"))
+    return select(prep, resolve(SetConfig(method="random", ipc=4), 8, "digits"))
 
 
 def _bench(data, order, steps):
@@ -222,7 +224,8 @@ def test_coreset_memories_use_only_the_data_of_their_step(digits8):
 
     from continual.baselines import stepwise_coreset
     from continual.benchmark import dm_class_order, step_classes
-    from distill.distiller import DistillConfig, prepare, resolve
+    from distill.prepare import prepare
+    from distill.settings import SetConfig, resolve
 
     steps = step_classes(dm_class_order(0, 10), 5)
     later = torch.isin(digits8.train_y, torch.tensor(steps[-1]))
@@ -232,7 +235,7 @@ def test_coreset_memories_use_only_the_data_of_their_step(digits8):
                                    dtype=torch.uint8)
     noisy = replace(digits8, train_x=noisy_x)
     for method in ("herding", "kcenter", "random"):
-        cfg = resolve(DistillConfig(method=method, ipc=3, embed_epochs=2), 8, "digits")
+        cfg = resolve(SetConfig(method=method, ipc=3, embed_epochs=2), 8, "digits")
         a = stepwise_coreset(prepare(digits8), method, 0, 5, cfg)
         b = stepwise_coreset(prepare(noisy), method, 0, 5, cfg)
         early = [c for s in steps[:-1] for c in s]

@@ -4,7 +4,9 @@ import itertools
 
 import torch
 
-from distill.coreset import herding, kcenter, random_subset, select_per_class
+from distill.coreset import herding, kcenter, random_subset
+from distill.methods import get_method
+from distill.selection import select_per_class
 
 
 def brute_herding(emb, k):
@@ -58,7 +60,7 @@ def test_select_per_class_and_random():
     labels = torch.tensor([0, 1] * 10)
     emb = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
     for method in ("random", "herding", "kcenter"):
-        idx = select_per_class(labels, 2, 3, method, emb, torch.Generator().manual_seed(0))
+        idx = select_per_class(labels, 2, 3, get_method(method), emb, torch.Generator().manual_seed(0))
         assert labels[idx].tolist() == [0, 0, 0, 1, 1, 1]
         assert len(set(idx.tolist())) == 6
     a = random_subset(10, 4, torch.Generator().manual_seed(1))

@@ -33,9 +33,10 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 def test_exports_keep_their_names(tmp_path, digits_prep):
     """Writers that infer a format from the file name (numpy's .npz, PNG grids) still produce the
     named file although they write to a temporary first."""
-    from distill.distiller import DistillConfig, resolve, select
+    from distill.selection import select
+    from distill.settings import SetConfig, resolve
 
-    cfg = resolve(DistillConfig(method="random", ipc=2), 8, "digits")
+    cfg = resolve(SetConfig(method="random", ipc=2), 8, "digits")
     synset = select(digits_prep, cfg)
     npz = synset.export_npz(tmp_path / "set.npz")
     grid = synset.save_grid(tmp_path / "grid.png")

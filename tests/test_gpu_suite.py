@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.distiller import chunk_classes
+from distill.step import chunk_classes
 from distill.nets import build_net
 from distill.train import compiled, wants_compile
 

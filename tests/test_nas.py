@@ -409,9 +409,10 @@ def test_cli_nas_errors(tmp_path, capsys, extra, message):
 def test_cli_nas_rejects_a_proxy_from_another_dataset(tmp_path, capsys, digits_prep):
     from dataclasses import replace
 
-    from distill.distiller import DistillConfig, resolve, select
+    from distill.selection import select
+    from distill.settings import SetConfig, resolve
 
-    s = select(digits_prep, resolve(DistillConfig(method="random", ipc=2), 16, "digits"))
+    s = select(digits_prep, resolve(SetConfig(method="random", ipc=2), 16, "digits"))
     replace(s, meta={**s.meta, "dataset": "cifar10"}).save(tmp_path / "other.pt")
     assert main(_nas(tmp_path, "--proxy", str(tmp_path / "other.pt"))) == 2
     assert "made from 'cifar10'" in capsys.readouterr().err

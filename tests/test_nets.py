@@ -69,13 +69,14 @@ def test_attention_taps_are_explicit(digits_prep):
     expected = {"convnet": 3, "alexnet": 5, "vgg11": 8, "resnet18": 4, "vit": 6}
     assert {a: len(build_net(a, 3, 10, (32, 32)).taps) for a in expected} == expected
     # distillation validates distill.layers against the taps: AlexNet's 4th conv is a valid layer
-    from distill.distiller import DistillConfig, NetConfig, distill, resolve
+    from distill.loop import distill
+    from distill.settings import NetConfig, SetConfig, resolve
 
-    cfg = resolve(DistillConfig(method="datadam", ipc=1, iterations=1, layers=[4],
+    cfg = resolve(SetConfig(method="datadam", ipc=1, iterations=1, layers=[4],
                                 net=NetConfig(arch="alexnet")), 16, "digits")
     assert len(distill(digits_prep, cfg, progress=False).meta["losses"]) == 1
     with pytest.raises(UserError, match="attention taps 1..5"):
-        distill(digits_prep, resolve(DistillConfig(method="datadam", ipc=1, iterations=1, layers=[6],
+        distill(digits_prep, resolve(SetConfig(method="datadam", ipc=1, iterations=1, layers=[6],
                                                    net=NetConfig(arch="alexnet")), 16, "digits"), progress=False)
 
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 import yaml
 
-import distill.distiller as distiller
+import distill.loop as loop
 from distill.config import from_dict, to_dict
-from distill.distiller import DistillConfig, DistillSettings, distill, resolve
+from distill.loop import distill
+from distill.settings import DistillSettings, NetConfig, SetConfig, resolve
 from distill.errors import UserError
 from pipelines.artifacts import Artifact, config_key, list_artifacts
 from pipelines.buffers import BufferMaker, buffer_key_config
@@ -27,8 +28,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_ID = {"name": "digits", "image_size": [8, 8], "zca": False}
 
 
-def _key(data_id=DATA_ID, **changes):
-    cfg = resolve(dataclasses.replace(DistillConfig(method="atom", ipc=10), **changes), 8, "digits")
+def _cfg(method="atom", **changes):
+    """``SetConfig`` with ``changes``: fields by name, the methods' hyperparameters (``lam``...) as params."""
+    own = {f.name for f in dataclasses.fields(SetConfig)}
+    params = {k: v for k, v in changes.items() if k not in own}
+    return dataclasses.replace(SetConfig(method=method, ipc=10), params=params,
+                               **{k: v for k, v in changes.items() if k in own})
+
+
+def _key(data_id=DATA_ID, method="atom", **changes):
+    cfg = resolve(_cfg(method, **changes), 8, "digits")
     return config_key(buffer_key_config(data_id, cfg))
 
 
@@ -36,19 +45,27 @@ def test_cache_key_changes_exactly_with_relevant_values():
     base = _key()
     assert _key() == base  # deterministic
     for change in ({"lam": 0.02}, {"ipc": 11}, {"seed": 1}, {"method": "datadam"}, {"iterations": 301},
-                   {"p_spatial": 1.0}, {"net": distiller.NetConfig(width=64)}):
+                   {"p_spatial": 1.0}, {"net": NetConfig(width=64)}, {"factor": 2}):
         assert _key(**change) != base, change
-    for change in ({"checkpoint_every": 7}, {"eval_every": 5}, {"eval_epochs": 3}, {"chunk": 64},
-                   {"syn_chunk": 32}, {"compile": "off"}):
-        assert _key(**change) == base, change  # reporting, checkpoint cadence, exact chunking
+    for change in ({"checkpoint_every": 7}, {"checkpoint_minutes": 1.0}, {"snapshots": [3]}, {"eval_every": 5},
+                   {"eval_epochs": 3}, {"chunk": 64}, {"syn_chunk": 32}, {"compile": "off"}):
+        assert _key(**change) == base, change  # reporting, checkpoint cadence, snapshots, exact chunking
     assert _key({**DATA_ID, "zca": True}) != base and _key({**DATA_ID, "image_size": [16, 16]}) != base
+    # a method's key holds its own hyperparameters only: DM reads no attention parameter or layer
+    dm = _key(method="dm")
+    for change in ({"lam": 0.02}, {"p_spatial": 1.0}, {"p_channel": 2.0}, {"layers": [1]}):
+        assert _key(method="dm", **change) == dm, change
+    assert _key(method="dm", loss_scale=100.0) != dm and _key(method="dm", iterations=5) != dm
+    assert _key(method="datadam", p_channel=2.0) == _key(method="datadam")
+    assert _key(method="datadam", p_spatial=2.0) != _key(method="datadam")
     # a selection's key: method, ipc, seed, and (herding, k-center) the embedding network
     herding = _key(method="herding")
-    for change in ({"loss_scale": 1.0}, {"lam": 0.02}, {"iterations": 301}, {"p_spatial": 1.0}, {"batch_real": 8}):
+    for change in ({"loss_scale": 1.0}, {"lam": 0.02}, {"iterations": 301}, {"p_spatial": 1.0}, {"batch_real": 8},
+                   {"factor": 2}):
         assert _key(method="herding", **change) == herding, change
-    for change in ({"ipc": 11}, {"seed": 1}, {"embed_epochs": 2}, {"net": distiller.NetConfig(width=64)}):
+    for change in ({"ipc": 11}, {"seed": 1}, {"embed_epochs": 2}, {"net": NetConfig(width=64)}):
         assert _key(method="herding", **change) != herding, change
-    assert _key(method="random", net=distiller.NetConfig(width=64)) == _key(method="random")
+    assert _key(method="random", net=NetConfig(width=64)) == _key(method="random")
     # where the data live is not part of a result's identity
     d = load_digits8()
     assert DataConfig("digits", root="a").identity(d) == DataConfig("digits", root="b").identity(d)
@@ -86,20 +103,20 @@ def load_digits8():
 
 def test_interrupted_buffer_resumes_from_its_checkpoint(tmp_path, monkeypatch, interrupt):
     data = load_digits8()
-    base = DistillConfig(iterations=6, checkpoint_every=3, batch_real=8, net=distiller.NetConfig(width=16))
+    base = SetConfig(iterations=6, checkpoint_every=3, batch_real=8, net=NetConfig(width=16))
     maker = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "a",
                         progress=False)
     cfg = maker.resolve("dm", 2, base)
-    real = interrupt(distiller, "loss_and_grad", 5)
+    real = interrupt(loop, "loss_and_grad", 5)
     with pytest.raises(KeyboardInterrupt):
         maker.get(cfg)
     art = maker.artifact(cfg)
     assert not art.complete and (art.path / "checkpoint.pt").is_file()
     assert [r["status"] for r in list_artifacts(tmp_path / "a")] == ["partial"]
     calls = []
-    monkeypatch.setattr(distiller, "loss_and_grad", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(loop, "loss_and_grad", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     resumed, path, reused = maker.get(cfg)
-    assert not reused and len(calls) == 3  # iterations 4..6 only
+    assert not reused and len(calls) == 2  # iterations 5..6 only: the interruption saved iteration 4
     fresh = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "b",
                         progress=False).get(cfg)[0]
     assert torch.equal(resumed.images, fresh.images)
@@ -125,7 +142,7 @@ def test_named_buffers_give_one_dataset_base():
     settings = DistillSettings(iterations=7)
     cfg = a.distill_config(settings)
     assert (cfg.method, cfg.ipc, cfg.iterations) == ("atom", 10, 7)
-    assert DistillConfig.of("dm", 3, settings) == DistillConfig(method="dm", ipc=3, iterations=7)
+    assert SetConfig.of("dm", 3, settings) == SetConfig(method="dm", ipc=3, iterations=7)
 
 
 @pytest.mark.parametrize("job,argv", [
@@ -196,8 +213,8 @@ def test_documented_configs_are_complete_and_load(name, job, head):
 
 
 def _small(**kw):
-    return resolve(DistillConfig(method="atom", ipc=2, iterations=4, batch_real=8,
-                                 net=distiller.NetConfig(width=16), **kw), 16, "digits")
+    return resolve(SetConfig(method="atom", ipc=2, iterations=4, batch_real=8,
+                                 net=NetConfig(width=16), **kw), 16, "digits")
 
 
 def test_class_shards_gather_to_the_single_process_set(digits_prep):
@@ -241,11 +258,11 @@ def test_two_runs_needing_one_buffer_distil_it_once(tmp_path, monkeypatch, capsy
     import threading
 
     data = load_digits8()
-    base = DistillConfig(iterations=4, batch_real=8, net=distiller.NetConfig(width=16))
+    base = SetConfig(iterations=4, batch_real=8, net=NetConfig(width=16))
     makers = [BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path, progress=False)
               for _ in range(2)]
     cfg = makers[0].resolve("dm", 2, base)
-    real = distiller.loss_and_grad
+    real = loop.loss_and_grad
     started, calls = threading.Event(), []
 
     def slow(*a, **k):  # the first distillation signals that it holds the lock, then takes its time
@@ -254,7 +271,7 @@ def test_two_runs_needing_one_buffer_distil_it_once(tmp_path, monkeypatch, capsy
         time.sleep(0.2)
         return real(*a, **k)
 
-    monkeypatch.setattr(distiller, "loss_and_grad", slow)
+    monkeypatch.setattr(loop, "loss_and_grad", slow)
     results: dict[int, tuple] = {}
     first = threading.Thread(target=lambda: results.setdefault(0, makers[0].get(cfg)))
     first.start()

@@ -13,7 +13,8 @@ import distill.datasets as datasets
 import distill.matching as matching
 import distill.methods as methods
 import distill.nets as nets
-from distill.distiller import DistillConfig, NetConfig, distill, match_weights, resolve
+from distill.loop import distill
+from distill.settings import NetConfig, SetConfig, resolve
 from distill.evaluate import parse_arch
 from distill.registry import import_modules
 from pipelines.common import DataConfig
@@ -52,12 +53,54 @@ register_arch("tinynet", lambda cin, k, size, spec: TinyNet(cin, k, size, spec.w
 '''
 
 NEW_METHOD = '''
-from distill.matching import AttentionMap, register_attention_map
-from distill.methods import Method, register_method
+from dataclasses import dataclass
 
-# attention as the per-sample maximum over channels of |f|^p
-register_attention_map(AttentionMap("peak", lambda powered: powered.amax(dim=1).flatten(1), "p_spatial"))
-register_method(Method("peakmatch", "match", maps=("peak",), last=True, paper="a test method"))
+from distill.matching import AttentionMap, register_attention_map
+from distill.methods import AttentionMatching, lam, loss_scale, param, register_method
+
+# attention as the per-sample maximum over channels of |f|^p, with an exponent of its own
+register_attention_map(AttentionMap("peak", lambda powered: powered.amax(dim=1).flatten(1)))
+
+
+@dataclass
+class PeakParams:
+    p_peak: float | None = param("exponent p of the peak attention max_c |f_c|^p", value=2.0, low=0, low_open=True)
+    lam: float | None = lam()
+    loss_scale: float | None = loss_scale()
+
+
+class PeakMatch(AttentionMatching):
+    name = "peakmatch"
+    paper = "a test method"
+    Params = PeakParams
+
+    def maps(self, p):
+        return (("peak", float(p.p_peak)),)
+
+
+register_method(PeakMatch())
+'''
+
+NEW_SELECTION = '''
+import torch
+
+from distill.methods import SelectionMethod, register_method
+
+
+class Farthest(SelectionMethod):
+    """The images whose embeddings lie farthest from their class mean."""
+
+    name = "farthest"
+    paper = "a test selection"
+    needs_embeddings = True
+    reads = ("seed", "net", "embed_epochs")
+
+    def pick(self, embeddings, count, k, generator):
+        d = ((embeddings - embeddings.mean(0)) ** 2).sum(1)
+        return torch.argsort(d, descending=True)[: min(k, count)]
+
+
+register_method(Farthest())
 '''
 
 
@@ -70,6 +113,7 @@ def plugins(tmp_path, monkeypatch):
     (pkg / "stripes.py").write_text(NEW_DATASET)
     (pkg / "tinynet.py").write_text(NEW_ARCH)
     (pkg / "peakmatch.py").write_text(NEW_METHOD)
+    (pkg / "farthest.py").write_text(NEW_SELECTION)
     monkeypatch.syspath_prepend(str(tmp_path))
     # the registries are restored afterwards
     saved = [(reg, dict(reg)) for reg in (datasets.DATASETS, nets.ARCHS, methods.METHODS, matching.ATTENTION_MAPS)]
@@ -83,7 +127,7 @@ def plugins(tmp_path, monkeypatch):
 
 
 def test_import_modules_imports_every_file_first_ones_first(plugins):
-    assert plugins == ["peakmatch", "stripes", "tinynet"]
+    assert plugins == ["farthest", "peakmatch", "stripes", "tinynet"]
     assert import_modules("distill.methods", methods.__path__, first=("dm",))[0] == "dm"
 
 
@@ -117,15 +161,76 @@ def test_new_architecture_file(plugins):
 
 
 def test_new_attention_method_file(plugins, digits_prep):
-    cfg = resolve(DistillConfig(method="peakmatch", ipc=2, iterations=3, net=NetConfig(width=8)), 16, "digits")
-    w = match_weights(cfg, 3)
-    assert w.maps == (("peak", cfg.p_spatial),) and w.last_weight == cfg.lam
+    cfg = resolve(SetConfig(method="peakmatch", ipc=2, iterations=3, net=NetConfig(width=8)), 16, "digits")
+    method = methods.get_method("peakmatch")
+    assert cfg.params == {"p_peak": 2.0, "lam": 0.01, "loss_scale": 100.0}  # its own default, the shared ones
+    w = method.weights(method.typed(cfg.params))
+    assert w.maps == (("peak", 2.0),) and w.last_weight == 0.01
     # its statistic is the written-out formula: per-sample channel max of |f|^p, L2-normalised
     f = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(1))
     stats = matching.class_statistics([f, f], f.flatten(1), 2, w)
-    z = (f.abs() ** cfg.p_spatial).amax(dim=1).flatten(1)
+    z = (f.abs() ** 2.0).amax(dim=1).flatten(1)
     z = z / z.norm(dim=1, keepdim=True)
     assert torch.allclose(stats["peak"][0], z.view(2, 2, -1).mean(1), atol=1e-6)
     synset = distill(digits_prep, cfg, progress=False)
     assert synset.meta["method"] == "peakmatch" and len(synset.meta["losses"]) == 3
     assert all(l == l for l in synset.meta["losses"])  # finite, not NaN
+
+
+def test_new_method_hyperparameter_through_the_cli_and_the_yaml(plugins, tmp_path, capsys):
+    """The new file's own hyperparameter is a ``distill.p_peak`` key: documented in the generated
+    YAML, set with ``--set``, part of the set's config and key, refused for a method that ignores it."""
+    from pipelines.make_configs import JOBS, render
+    from pipelines.run import main
+
+    name, job, head = JOBS[0]
+    line = next(l for l in render(job, head).splitlines() if l.strip().startswith("p_peak:"))
+    assert line.strip().startswith("p_peak: null  # exponent p of the peak attention") and "peakmatch" in line
+    argv = ["distill", "--dataset", "digits", "--method", "peakmatch", "--ipc", "1", "--iterations", "2", "--quiet",
+            "--set", "distill.batch_real=8", "--set", "distill.net.width=8"]
+    assert main([*argv, "--set", "distill.p_peak=3", "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    from distill.synset import SyntheticSet
+
+    a, b = (SyntheticSet.load(tmp_path / x / "synset.pt") for x in "ab")
+    assert a.meta["config"]["p_peak"] == 3.0 and b.meta["config"]["p_peak"] == 2.0
+    assert not torch.equal(a.images, b.images)  # the exponent acts
+    capsys.readouterr()
+    assert main(["distill", "--dataset", "digits", "--method", "atom", "--ipc", "1", "--iterations", "1", "--quiet",
+                 "--set", "distill.p_peak=3", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: distill.p_peak is a parameter of peakmatch, not of atom; remove it or choose a method that reads it"
+
+
+def test_new_selection_file_is_a_leak_free_continual_memory(plugins, tmp_path, capsys):
+    """A selection method from a new file is built per class order and step (its kind says so),
+    from each step's data only: replacing the last step's images changes none of the earlier picks."""
+    from continual.baselines import is_stepwise, stepwise_coreset
+    from continual.benchmark import dm_class_order, step_classes
+    from distill.prepare import prepare
+    from pipelines.run import main
+
+    assert is_stepwise("farthest") and not is_stepwise("peakmatch")
+    digits8 = datasets.load_dataset("digits", resolution=8)
+    steps = step_classes(dm_class_order(0, 10), 5)
+    later = torch.isin(digits8.train_y, torch.tensor(steps[-1]))
+    noisy_x = digits8.train_x.clone()
+    noisy_x[later] = torch.randint(0, 256, noisy_x[later].shape, generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8)
+    cfg = resolve(SetConfig(method="farthest", ipc=2, embed_epochs=1, net=NetConfig(width=8)), 8, "digits")
+    import dataclasses
+
+    a = stepwise_coreset(prepare(digits8), "farthest", 0, 5, cfg)
+    b = stepwise_coreset(prepare(dataclasses.replace(digits8, train_x=noisy_x)), "farthest", 0, 5, cfg)
+    early = [c for s in steps[:-1] for c in s]
+    picks = [torch.tensor(s.meta["source_indices"]).view(10, 2)[early] for s in (a, b)]
+    assert torch.equal(*picks)
+    # through the command line: chosen per step, and the table has its row
+    argv = ["continual", "--dataset", "digits", "--steps", "5", "--ipc", "2", "--orders", "0", "--epochs", "1",
+            "--memories", "farthest,peakmatch", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--quiet",
+            "--set", "distill.embed_epochs=1", "--set", "distill.iterations=1", "--set", "distill.p_peak=3",
+            "--set", "distill.batch_real=8", "--set", "distill.net.width=8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "memory farthest: chosen per class order and step (no later data)" in out
+    assert "| farthest |" in (tmp_path / "o" / "continual.md").read_text()
