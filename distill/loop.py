@@ -129,7 +129,8 @@ def distill(
     ``cfg.snapshots`` reached, ``on_snapshot(iteration, set, state)`` receives the set as it is
     then (equal to a run of that many iterations). With ``shard = (lo, hi)`` only classes
     ``lo..hi-1`` are optimised (the others keep their initial images): torchrun ranks each distil
-    a shard and the rows are gathered (``pipelines/scaleout.py``). ``extra_meta`` goes into the
+    a shard and the rows are gathered (``pipelines/scaleout.py``). The final state is written to
+    ``checkpoint`` too (a longer run of the same set may continue from it). ``extra_meta`` goes into the
     set's metadata (the data section it was made from, ...). An interruption re-raises with
     ``resume_from`` (the iteration a rerun continues from) set on the exception.
     """
@@ -211,7 +212,8 @@ def distill(
             current().save(ckpt, cfg, data_id)  # atomic: a second Ctrl-C here leaves the previous file whole
         exc.resume_from = done if ckpt is not None else 0  # type: ignore[attr-defined]
         raise
-    flush()
+    if ckpt is not None:  # the final state: a longer run of the same set can continue from it
+        current().save(ckpt, cfg, data_id)
     return finished_set(cfg.iterations)
 
 

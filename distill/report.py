@@ -51,14 +51,16 @@ def write_tables(rows: list[dict[str, Any]], columns: list[str], out_dir: str | 
     return paths
 
 
-def figure(size: tuple[float, float]) -> tuple[Any, Any]:
-    """A matplotlib figure and axes drawn off-screen (Agg), for the report plots."""
+def figure(size: tuple[float, float], ncols: int = 1) -> tuple[Any, Any]:
+    """A matplotlib figure and its axes (a list of ``ncols`` when above 1), drawn off-screen
+    (Agg), for the report plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=size, dpi=120)
+    fig, axes = plt.subplots(1, ncols, figsize=size, dpi=120, squeeze=False)
+    return fig, (list(axes[0]) if ncols > 1 else axes[0][0])
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:

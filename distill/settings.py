@@ -182,14 +182,18 @@ _OMITTED_AT_DEFAULT = {"factor": 1}
 def set_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """What a set depends on (a resolved config in ``to_dict`` form): its method, IPC, the shared
     settings the method reads and the method's own hyperparameters. Execution keys (chunking,
-    compilation, checkpoints, snapshots, reporting) never enter. A damaged file's unknown method
-    keeps every key but those."""
+    compilation, checkpoints, snapshots, reporting) never enter. Applied to its own output it
+    gives the same dict. A damaged file's unknown method keeps every key but those."""
     d = execution_free(dict(config))
     method: Method | None = METHODS.get(str(d.get("method")))
     if method is None:
         return d
-    keep = ("method", "ipc", *method.reads, *method.param_names())
-    return {k: d.get(k) for k in keep if not (k in _OMITTED_AT_DEFAULT and d.get(k) == _OMITTED_AT_DEFAULT[k])}
+    out = {}
+    for k in ("method", "ipc", *method.reads, *method.param_names()):
+        value = d.get(k, _OMITTED_AT_DEFAULT.get(k))
+        if k not in _OMITTED_AT_DEFAULT or value != _OMITTED_AT_DEFAULT[k]:
+            out[k] = value
+    return out
 
 
 def describe(cfg: SetConfig) -> str:

@@ -9,21 +9,30 @@ reuses the file.
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from distill.config import to_dict
 from distill.data import ImageData
-from distill.loop import distill
-from distill.prepare import Prepared, check_ipc, prepare
+from distill.loop import State, distill, resume_key
+from distill.methods import get_method
+from distill.prepare import Prepared, check_ipc, data_identity, prepare
 from distill.settings import DistillSettings, SetConfig, resolve, set_identity
 from distill.synset import SyntheticSet
 
 from .artifacts import Artifact
 from .common import DataConfig
 
+STATE = "state.pt"  # a finished set's final state: a longer run of the same set continues from it
+
+
+def is_matching(method: str) -> bool:
+    return get_method(method).kind == "match"
 
 
 def buffer_key_config(data_id: dict[str, Any], cfg: SetConfig) -> dict[str, Any]:
@@ -57,12 +66,15 @@ class BufferMaker:
     def artifact(self, cfg: SetConfig) -> Artifact:
         data_id = self.data_cfg.identity(self.data)
         data_id.update(self.subset)
-        return Artifact(self.root, "buffers", f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}",
+        factor = f"_f{cfg.factor}" if cfg.factor != 1 and is_matching(cfg.method) else ""
+        return Artifact(self.root, "buffers", f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}{factor}",
                         buffer_key_config(data_id, cfg), "synset.pt")
 
     def get(self, cfg: SetConfig) -> tuple[SyntheticSet, Path, bool]:
         """``(set, path, reused)`` for a resolved config: the cached file, or a new distillation
-        that checkpoints into the artifact folder (an interrupted one continues)."""
+        that checkpoints into the artifact folder (an interrupted one continues). A matching set
+        longer than one already made continues from that shorter run's final state; every
+        ``cfg.snapshots`` iteration reached becomes the artifact of a run of that length."""
         art = self.artifact(cfg)
         force = self.force and art.key not in self._made
         if art.complete and not force:
@@ -74,11 +86,64 @@ class BufferMaker:
             folder = art.open(force=force)
             self._made.add(art.key)
             ckpt = folder / "checkpoint.pt"
-            # subset: e.g. source_indices then index the training set without the split
+            shorter = None if force else self.shorter_state(cfg)
+            if shorter is not None and not ckpt.exists():
+                shutil.copyfile(shorter, ckpt)
+                print(f"  {art.name}: continuing from the shorter run in {shorter.parent}", flush=True)
+            meta = {"data_config": to_dict(self.data_cfg), **self.subset}  # subset: source_indices then index the split
             synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress,
-                             extra_meta={"data_config": to_dict(self.data_cfg), "artifact_key": art.key,
-                                         **self.subset})
-            synset.save(art.result_path)
-            synset.save_grid(folder / "grid.png")
-            ckpt.unlink(missing_ok=True)
+                             on_snapshot=lambda it, s, state: self.keep_snapshot(cfg, it, s, state),
+                             extra_meta={**meta, "artifact_key": art.key})
+            self.finish(art, synset, ckpt)
         return synset, art.result_path, False
+
+    def get_curve(self, cfg: SetConfig, iterations: list[int]) -> dict[int, SyntheticSet]:
+        """The sets of ``cfg`` after each of ``iterations``: one distillation to the longest,
+        keeping the others as snapshots (each equals a run of that length); any still missing
+        afterwards (asked for below an earlier, longer run) is made on its own."""
+        wanted = sorted(set(iterations))
+        missing = [n for n in wanted if not self.artifact(replace(cfg, iterations=n)).complete]
+        if missing:
+            self.get(replace(cfg, iterations=missing[-1], snapshots=missing[:-1]))
+        return {n: self.get(replace(cfg, iterations=n, snapshots=None))[0] for n in wanted}
+
+    def keep_snapshot(self, cfg: SetConfig, iteration: int, synset: SyntheticSet, state: State) -> None:
+        """A snapshot at ``iteration`` becomes the artifact of that run length (unless made)."""
+        art = self.artifact(replace(cfg, iterations=iteration, snapshots=None))
+        if art.complete:
+            return
+        with art.lock():
+            if not art.complete:
+                folder = art.open()
+                state.save(folder / STATE, replace(cfg, iterations=iteration), data_identity(self.prep))
+                self.finish(art, synset.with_meta(artifact_key=art.key), folder / STATE)
+
+    def finish(self, art: Artifact, synset: SyntheticSet, state: Path) -> None:
+        """Write a finished set into its artifact; its final state stays beside it (``state.pt``)
+        so that a longer run of the same set can continue from it."""
+        synset.save(art.result_path)
+        synset.save_grid(art.path / "grid.png")
+        if state.exists() and state.name != STATE:
+            state.replace(art.path / STATE)
+
+    def shorter_state(self, cfg: SetConfig) -> Path | None:
+        """The final state of the longest finished run of the same set with fewer iterations."""
+        if not is_matching(cfg.method):
+            return None
+        want = resume_key(cfg)
+        best: tuple[int, Path] | None = None
+        for meta in Path(self.root / "buffers").glob(f"{self.artifact(cfg).name}-*/config.yaml"):
+            state = meta.parent / STATE
+            try:
+                recorded = yaml.safe_load(meta.read_text())["config"]
+            except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+                continue
+            its = (recorded.get("distill") or {}).get("iterations")
+            data_id = self.artifact(cfg).config["dataset"]
+            if (not state.is_file() or not (meta.parent / "synset.pt").is_file() or recorded.get("dataset") != data_id
+                    or resume_key(recorded.get("distill") or {}) != want or not isinstance(its, int)
+                    or its >= cfg.iterations):
+                continue
+            if best is None or its > best[0]:
+                best = (its, state)
+        return best[1] if best else None

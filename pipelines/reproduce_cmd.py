@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from distill.config import to_dict
+from distill.config import from_dict, to_dict
 from distill.datasets import get_dataset
 from distill.prepare import check_ipc
 from distill.settings import DistillSettings, SetConfig, resolve, settings_for
@@ -36,7 +36,7 @@ from distill.synset import library_versions
 from distill.train import TrainRecipe
 
 from .artifacts import Artifact
-from .buffers import BufferMaker
+from .buffers import BufferMaker, is_matching
 from .common import DataConfig, RunContext, build_config, pick_device, write_job_config
 
 TABLES_DIR = Path(__file__).resolve().parent / "configs" / "tables"
@@ -70,13 +70,21 @@ BUDGETS = {
 
 @dataclass(frozen=True)
 class Published:
-    """One published number: a method at one IPC (``ipc`` 0: the whole-dataset row)."""
+    """One published number: a row's method at one IPC (``ipc`` 0: the whole-dataset row). A
+    row is named by its ``label``; it runs ``method`` (the label unless the table names one)
+    with the distillation keys of ``settings`` (e.g. ``{"factor": 2}``: multi-formation)."""
 
-    method: str
+    label: str
     ipc: int
     mean: float | None  # None: not published for this dataset (measured only)
     std: float | None
     source: str
+    method: str = ""
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def runs(self) -> str:
+        return self.method or self.label
 
 
 @dataclass(frozen=True)
@@ -98,9 +106,10 @@ def load_table(name: str) -> Table:
         raise choice_error("table", name, table_names())
     raw = yaml.safe_load(path.read_text())
     rows = []
-    for method, r in raw["rows"].items():
+    for label, r in raw["rows"].items():
         stds = r.get("std") or [None] * len(r["ipc"])
-        rows += [Published(method, int(i), None if m is None else float(m), s, r["source"])
+        settings = tuple(sorted((r.get("set") or {}).items()))
+        rows += [Published(label, int(i), None if m is None else float(m), s, r["source"], r.get("method", ""), settings)
                  for i, m, s in zip(r["ipc"], r["mean"], stds)]
     if "whole" in raw:
         rows.append(Published("whole dataset", 0, float(raw["whole"]["mean"]), raw["whole"].get("std"),
@@ -130,23 +139,28 @@ def _csv_ints(text: str | None, flag: str) -> list[int] | None:
 
 def select_cells(table: Table, methods: list[str] | None, ipcs: list[int] | None) -> list[Published]:
     """The implemented cells to measure, in table order; an unknown selection is an error."""
-    implemented = [r for r in table.rows if r.method in METHODS]
+    implemented = [r for r in table.rows if r.runs in METHODS]
     for m in methods or []:
-        if m not in {r.method for r in implemented}:
-            raise choice_error(f"method for table {table.name}", m, sorted({r.method for r in implemented}))
+        if m not in {r.label for r in implemented}:
+            raise choice_error(f"method for table {table.name}", m, sorted({r.label for r in implemented}))
     for i in ipcs or []:
         if i not in {r.ipc for r in implemented}:
             raise UserError(f"table {table.name} has no IPC {i}; it has {sorted({r.ipc for r in implemented})}")
-    return [r for r in implemented if (not methods or r.method in methods) and (not ipcs or r.ipc in ipcs)]
+    return [r for r in implemented if (not methods or r.label in methods) and (not ipcs or r.ipc in ipcs)]
 
 
-def cell_configs(cell: Published, settings: DistillSettings, budget: Budget, data: DataConfig) -> list[SetConfig]:
+def cell_configs(cell: Published, settings: DistillSettings, budget: Budget, data: DataConfig,
+                 iterations: int | None = None) -> list[SetConfig]:
     """The resolved distillation config of every set of a cell: seed ``s`` for set ``s``, the
-    method's own iterations scaled by the budget (at least 1)."""
+    row's own settings, and the method's own iterations scaled by the budget (at least 1), or
+    ``iterations`` exactly (a point of a learning curve)."""
     size = data.resolution or get_dataset(data.name).resolution
-    base = resolve(SetConfig.of(cell.method, cell.ipc, settings), size, data.name)
-    return [replace(base, seed=settings.seed + s, iterations=max(1, round(base.iterations * budget.iterations)),
-                    embed_epochs=budget.embed_epochs) for s in range(budget.sets)]
+    row = from_dict(SetConfig, {**to_dict(SetConfig.of(cell.runs, cell.ipc, settings)), **dict(cell.settings)},
+                    f"table row {cell.label}")
+    base = resolve(row, size, data.name)
+    n = iterations if iterations is not None else max(1, round(base.iterations * budget.iterations))
+    return [replace(base, seed=settings.seed + s, iterations=n, embed_epochs=budget.embed_epochs)
+            for s in range(budget.sets)]
 
 
 def run_cell(maker: BufferMaker, cfgs: list[SetConfig], recipe: TrainRecipe, root: Path, device: Any,
@@ -190,6 +204,50 @@ def plot_table(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_curves(points: list[dict[str, Any]], published: dict[tuple[str, int], float], title: str,
+                path: Path) -> Path:
+    """Accuracy against distillation iterations, one panel per IPC: a line per row with its
+    spread over networks (band), selections as flat dashed lines, a published number as a
+    dotted line in its row's colour, labelled at the right edge. A row has one colour in every
+    panel."""
+    ipcs = sorted({p["ipc"] for p in points})
+    labels = list(dict.fromkeys(p["label"] for p in points))
+    colours = {lb: f"C{i % 10}" for i, lb in enumerate(labels)}
+    fig, axes = figure((5.4 * len(ipcs), 4.6), ncols=len(ipcs))
+    axes = axes if len(ipcs) > 1 else [axes]
+    its_all = sorted({p["iterations"] for p in points if p["iterations"]})
+    for ax, ipc in zip(axes, ipcs):
+        for label in labels:
+            pts = sorted((p for p in points if p["ipc"] == ipc and p["label"] == label), key=lambda p: p["iterations"] or 0)
+            if not pts:
+                continue
+            m, sd, c = [100 * p["mean"] for p in pts], [100 * p["std"] for p in pts], colours[label]
+            if not pts[0]["iterations"]:  # a selection: no iterations
+                ax.axhline(m[0], color=c, ls="--", lw=1.2, label=f"{label} ({m[0]:.1f})")
+            else:
+                xs = [p["iterations"] for p in pts]
+                ax.plot(xs, m, color=c, marker="o", ms=3.5, label=f"{label} ({m[-1]:.1f})")
+                if any(p["networks"] > 1 for p in pts):
+                    ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
+                                    color=c, alpha=0.15, linewidth=0)
+            if (label, ipc) in published:
+                y = published[(label, ipc)]
+                ax.axhline(y, color=c, ls=":", lw=1.2)
+                ax.annotate(f"paper {label} {y:.1f}", (1.0, y), xycoords=("axes fraction", "data"), fontsize=7,
+                            color=c, ha="right", va="bottom")
+        if its_all:
+            ax.set_xscale("log")
+            ax.set_xticks(its_all, [str(i) for i in its_all])
+            ax.minorticks_off()
+        ax.set_xlabel("distillation iterations")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"IPC {ipc}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="row (last point); dashed: selection", title_fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
 def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
     table = load_table(args.table)
     budget = BUDGETS[args.budget]
@@ -205,39 +263,58 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
         raise UserError(f"table {table.name} is measured on {table.dataset}, not {job.dataset.name}")
     if args.sets is not None and args.sets < 1 or args.models is not None and args.models < 1:
         raise UserError("--sets and --models must be at least 1")
+    curve = sorted(set(_csv_ints(args.curve, "--curve") or []))
+    if any(n < 1 for n in curve):
+        raise UserError(f"--curve takes iteration counts of at least 1, got {args.curve!r}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     cells = select_cells(table, methods, _csv_ints(args.ipc, "--ipc"))
     recipe = resolve_eval(job.eval, job.dataset.name)
-    settings_for([c.method for c in cells], job.distill)
+    settings_for([c.runs for c in cells], job.distill)
     plans = [(c, cell_configs(c, job.distill, budget, job.dataset)) for c in cells]  # config errors first
     device = pick_device(args.device)
     data = job.dataset.load()
-    for c in cells:
-        check_ipc(data, c.ipc)
+    for c, cfgs in plans:
+        check_ipc(data, c.ipc, cfgs[0].factor if is_matching(c.runs) else 1)
     maker = BufferMaker(job.dataset, data, device, args.cache, progress=not args.quiet)
     out = run.folder_for(args.out, f"reproduce-{table.name}-{budget.name}")
-    write_job_config(out, {"table": table.name, "budget": to_dict(budget), "cells": [[c.method, c.ipc] for c in cells],
-                           "dataset": to_dict(job.dataset), "distill": to_dict(job.distill), "eval": to_dict(recipe),
-                           "device": str(device), "cache": str(args.cache), "versions": library_versions()},
+    write_job_config(out, {"table": table.name, "budget": to_dict(budget), "cells": [[c.label, c.ipc] for c in cells],
+                           "curve": curve, "dataset": to_dict(job.dataset), "distill": to_dict(job.distill),
+                           "eval": to_dict(recipe), "device": str(device), "cache": str(args.cache),
+                           "versions": library_versions()},
                      "reproduce.json", args.force)
     title = f"{table.title}; {budget.describe()}"
-    print(f"reproducing {table.name}: {len(cells)} cells on {device} ({budget.describe()}) -> {out}")
+    print(f"reproducing {table.name}: {len(cells)} cells{f' with curves at {curve} iterations' if curve else ''} "
+          f"on {device} ({budget.describe()}) -> {out}")
     measured: dict[tuple[str, int], dict[str, Any]] = {}
+    points: list[dict[str, Any]] = []
     for n, (c, cfgs) in enumerate(plans, 1):
-        work = "selection" if get_method(c.method).kind == "select" else f"{cfgs[0].iterations} iterations"
-        print(f"\ncell {n}/{len(plans)}: {c.method} ipc {c.ipc} ({work} x {len(cfgs)} set{'s' if len(cfgs) > 1 else ''})")
+        matching = is_matching(c.runs)
+        work = f"{cfgs[0].iterations} iterations" if matching else "selection"
+        print(f"\ncell {n}/{len(plans)}: {c.label} ipc {c.ipc} ({work} x {len(cfgs)} set{'s' if len(cfgs) > 1 else ''})")
+        if curve and matching:  # one distillation per set to the longest point, the others as snapshots
+            for cfg in cfgs:
+                maker.get_curve(cfg, sorted({*curve, cfg.iterations}))
         rec = run_cell(maker, cfgs, recipe, Path(args.cache), device, not args.quiet)
-        measured[(c.method, c.ipc)] = rec
+        measured[(c.label, c.ipc)] = rec
         paper = "not published" if c.mean is None else f"paper {c.mean:.1f}"
-        print(f"  {c.method} ipc {c.ipc}: {pct(rec['mean'], rec['std'], rec['networks'])} ({paper})"
+        print(f"  {c.label} ipc {c.ipc}: {pct(rec['mean'], rec['std'], rec['networks'])} ({paper})"
               + (" [cached]" if rec["reused"] else f" in {rec['wall_seconds']:.0f} s"))
+        for its in (curve if matching else [0]) if curve else []:
+            point = rec if not matching else run_cell(maker, cell_configs(c, job.distill, budget, job.dataset, its),
+                                                      recipe, Path(args.cache), device, not args.quiet)
+            points.append({"label": c.label, "method": c.runs, "ipc": c.ipc, "iterations": its if matching else None,
+                           "mean": point["mean"], "std": point["std"], "networks": point["networks"],
+                           "accuracies": point["accuracies"]})
+            if matching:
+                print(f"    {its} iterations: {pct(point['mean'], point['std'], point['networks'])}"
+                      + (" [cached]" if point["reused"] else ""))
     rows = []
     for r in table.rows:
-        rec = measured.get((r.method, r.ipc))
-        if rec is None and r.method in METHODS:
+        rec = measured.get((r.label, r.ipc))
+        if rec is None and r.runs in METHODS:
             continue  # implemented but not selected
         ours = None if rec is None else round(100 * rec["mean"], 2)
-        rows.append({"method": r.method, "ipc": r.ipc or "all",
+        rows.append({"method": r.label, "ipc": r.ipc or "all",
                      "paper": "not published" if r.mean is None else
                      f"{r.mean:.1f}" + (f" +- {r.std:.1f}" if r.std is not None else ""),
                      "ours": "published only" if rec is None else pct(rec["mean"], rec["std"], rec["networks"]),
@@ -254,6 +331,16 @@ def cmd_reproduce(args: argparse.Namespace, run: RunContext) -> int:
     chart = plot_table(rows, title, out / "reproduce.png") if measured else None
     print("\n" + paths["md"].read_text().rstrip())
     print(f"\n  tables: {paths['md']}, {paths['csv'].name}, {paths['json'].name}" + (f", chart {chart.name}" if chart else ""))
+    if points:
+        published = {(r.label, r.ipc): r.mean for r in table.rows if r.mean is not None}
+        ctitle = f"{table.title}; each point {budget.sets} set(s) x {budget.models} ConvNet(s) x {budget.epochs} epochs"
+        cpaths = write_tables([{k: v for k, v in p.items() if k != "accuracies"} | {"accuracy": pct(p["mean"], p["std"], p["networks"])}
+                               for p in points], ["label", "ipc", "iterations", "accuracy", "networks"], out, "curve",
+                              title=ctitle, extra={"title": ctitle, "points": points, "curve": curve,
+                                                   "published": [{"label": k[0], "ipc": k[1], "mean": v}
+                                                                 for k, v in published.items()]})
+        cplot = plot_curves(points, published, ctitle, out / "curve.png")
+        print(f"  curves: {cpaths['md']}, {cpaths['csv'].name}, {cpaths['json'].name}, {cplot.name}")
     return 0
 
 
@@ -274,6 +361,8 @@ def add_parser(sub: Any, common: Any) -> None:
     r.add_argument("--budget", choices=list(BUDGETS), default="full", help="how much of the protocol to run (default full)")
     r.add_argument("--methods", help="comma-separated subset of the table's implemented methods")
     r.add_argument("--ipc", help="comma-separated subset of the table's IPCs, e.g. 1,10")
+    r.add_argument("--curve", metavar="N1,N2,...", help="also evaluate every distilled row at these iterations "
+                                                      "(one distillation per set, snapshots kept): curve.{md,csv,json,png}")
     r.add_argument("--sets", type=int, help="synthetic sets per cell (default: the budget's)")
     r.add_argument("--models", type=int, help="networks per set (default: the budget's)")
     r.add_argument("--seed", type=int, help="first distillation seed (default 0)")

@@ -281,3 +281,27 @@ def test_two_runs_needing_one_buffer_distil_it_once(tmp_path, monkeypatch, capsy
     assert [results[0][2], results[1][2]] == [False, True]  # made once, then reused
     assert len(calls) == 4 and torch.equal(results[0][0].images, results[1][0].images)
     assert "waiting for another process that is making" in capsys.readouterr().out
+
+
+def test_curve_snapshots_and_longer_runs_equal_runs_of_their_own_length(tmp_path, monkeypatch):
+    """A learning curve is one distillation to its longest point, the others kept as snapshots;
+    a later, longer run continues from the longest finished state. Every set equals a fresh run
+    of its own length."""
+    data = load_digits8()
+    base = SetConfig(iterations=6, batch_real=8, net=NetConfig(width=16), checkpoint_every=0)
+    maker = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "a", progress=False)
+    fresh = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "b", progress=False)
+    cfg = maker.resolve("atom", 1, base)
+    real = loop.loss_and_grad
+    calls = []
+    monkeypatch.setattr(loop, "loss_and_grad", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    curve = maker.get_curve(cfg, [2, 4, 6])
+    assert len(calls) == 6 and sorted(curve) == [2, 4, 6]
+    calls.clear()
+    longer = maker.get(dataclasses.replace(cfg, iterations=9))[0]
+    assert len(calls) == 3  # continued from the state of the 6-iteration run
+    for n, s in [*curve.items(), (9, longer)]:
+        assert s.meta["iterations"] == n
+        assert torch.equal(s.images, fresh.get(dataclasses.replace(cfg, iterations=n))[0].images), n
+    assert maker.artifact(dataclasses.replace(cfg, iterations=4)).key == fresh.artifact(
+        dataclasses.replace(cfg, iterations=4)).key

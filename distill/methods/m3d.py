@@ -13,9 +13,10 @@ documented choice of this toolkit:
 - ``mmd_kernel: gaussian``: a sum of Gaussian kernels ``exp(-||a - b||^2 / (2 s))``, one per
   ``s = w * median`` for ``w`` in ``mmd_bandwidths`` (default 0.5, 1, 2), where ``median`` is
   the median squared distance between the class's real embeddings of the iteration (the median
-  heuristic, detached); each kernel's MMD^2 is multiplied by its ``2 s``, which makes the loss
-  DM's ``||mean x - mean y||^2`` in the limit of wide kernels (``1 - k ~ d^2 / 2s``), so DM's
-  image learning rate and iterations carry over (tested);
+  heuristic, detached); each kernel's MMD^2 is multiplied by its ``s``, which makes the loss
+  DM's ``||mean x - mean y||^2`` in the limit of wide kernels (``1 - k ~ d^2 / 2s`` gives
+  ``MMD^2 ~ ||mean x - mean y||^2 / s``), so DM's image learning rate and iterations carry over
+  (tested);
 - ``mmd_kernel: linear``: ``k(a, b) = a . b``, whose MMD^2 is exactly DM's loss (tested).
 
 M3D follows DM's protocol otherwise: 20,000 iterations, 256 real images per class, image
@@ -62,7 +63,7 @@ def mmd2(x: Tensor, y: Tensor, kernel: str, bandwidths: list[float]) -> Tensor:
         two_s = (2 * w * base).view(-1, 1, 1)
         term = (torch.exp(-dxx / two_s).mean((1, 2)) + torch.exp(-dyy / two_s).mean((1, 2))
                 - 2 * torch.exp(-dxy / two_s).mean((1, 2)))
-        total = total + two_s.view(-1) * term
+        total = total + (two_s.view(-1) / 2) * term
     return total
 
 
