@@ -39,8 +39,8 @@ def _digest(t: Any) -> str:
 def configs() -> dict[str, Any]:
     from distill.config import to_dict
     from distill.methods import METHODS
-    from pipelines.artifacts import config_key
-    from pipelines.buffers import buffer_key_config
+    from pipelines.cache import config_key
+    from pipelines.sets import set_key_config
     from distill.settings import SetConfig, resolve
 
     out: dict[str, Any] = {}
@@ -50,7 +50,7 @@ def configs() -> dict[str, Any]:
                 cfg = resolve(SetConfig(method=method, ipc=10, preset=preset), size, dataset)
                 data_id = {"name": dataset, "image_size": [size, size], "zca": False}
                 out[f"{method}/{preset}/{size}"] = {"config": to_dict(cfg),
-                                                    "key": config_key(buffer_key_config(data_id, cfg))}
+                                                    "key": config_key(set_key_config(data_id, cfg))}
     return out
 
 

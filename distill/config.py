@@ -87,11 +87,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 # The one list of config keys that change how work is done, never its result (up to float
 # rounding): reporting, checkpoint cadence, snapshots, chunking, compilation, ensembling, worker
-# processes and storage, and where a job ran. Cache keys, resume checks and the finished-output
-# checks of every job leave them out (:func:`execution_free`).
+# processes and storage, and where a job ran and found its data. Cache keys, resume checks and
+# the finished-output checks of every job leave them out (:func:`execution_free`).
 EXECUTION_KEYS = ("checkpoint_every", "checkpoint_minutes", "snapshots", "eval_every", "eval_epochs", "chunk",
                   "syn_chunk", "compile", "ensemble", "tensorboard", "workers", "storage", "heartbeat", "device",
-                  "cache", "versions")
+                  "cache", "versions", "root", "download")
 
 
 def execution_free(config: Any) -> Any:

@@ -1,27 +1,21 @@
-"""Pieces every subcommand shares: the data section of a job, device choice, run folders,
-config assembly (file < flags < ``--set``)."""
+"""Pieces every job shares: the data section, the device, writable output folders, and the
+config assembly (named-set base < file < flags < ``--set``, each value with its source)."""
 
 from __future__ import annotations
 
-import argparse
 import copy
-import io
-import datetime as _dt
 import json
 import os
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from distill.config import apply_override, from_dict, load_yaml, locate
+from distill.config import Sources, apply_override, from_dict, key_lines, load_yaml, locate
 from distill.data import ImageData
 from distill.datasets import get_dataset, load_dataset
 from distill.errors import ConfigError, UserError, check_range
-from distill.files import atomic_text
 
 
 @dataclass
@@ -98,67 +92,56 @@ def pick_device(name: str | None) -> torch.device:
     return dev
 
 
-class RunContext:
-    """One invocation of the CLI: every command gets one, and makes its run folder through
-    :meth:`folder_for`, which also records the folder so that ``main`` writes ``run.log`` and
-    ``timings.json`` into it however the command ends."""
+def build_config(cls: type, config_file: str | None, overrides: list[str] | None,
+                 flags: dict[str, tuple[Any, str]], bases: list[tuple[dict[str, Any], str]] | None = None,
+                 sources: Sources | None = None, implied: list[tuple[dict[str, Any], str]] | None = None) -> Any:
+    """``bases`` (``(section dict, its source)`` layers, later ones winning) < file
+    (``config_file``) < ``implied`` layers (what an input itself says, e.g. the dataset a set was
+    made from) < flags (dotted key -> ``(value, flag)``; ``None`` values are not given) <
+    ``--set`` ``overrides``; every value given records its source in ``sources`` (the layer's, the
+    ``file:line``, the flag, ``--set``)."""
+    src = sources if sources is not None else Sources()
+    data: dict[str, Any] = {}
 
-    def __init__(self, argv: list[str]):
-        self.argv = list(argv)
-        self.started = time.time()
-        self._t0 = time.perf_counter()
-        self.folder: Path | None = None
-        self.fresh = False  # the folder was made up (no --out): a rerun would make another one
+    def layer(values: dict[str, Any], source: str) -> None:
+        nonlocal data
+        values = copy.deepcopy(values)  # overrides write into nested sections: keep the caller's intact
+        data = _merge(data, values)
+        src.set_tree(values, source)
 
-    def folder_for(self, out: str | None, stem: str, record: bool = True) -> Path:
-        """``out``, or a fresh ``runs/<stem>-<time>/``, created; ``record=False`` (a torchrun
-        rank other than 0) uses the folder without writing the run record there."""
-        if out:
-            path = Path(out)
-        else:
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            path = Path("runs") / f"{stem}-{stamp}"
-        path.mkdir(parents=True, exist_ok=True)
-        if record:
-            self.folder, self.fresh = path, not out
-        return path
-
-    def resume_hint(self) -> str:
-        """What continues an interrupted run: the same command, or, when its folder was made up,
-        the same command with ``--out`` naming that folder (a plain rerun would start a new one).
-        Cached stages (buffers, continual cells, NAS studies) continue either way."""
-        if self.folder is not None and self.fresh:
-            return (f"to continue from the last checkpoint, run the same command with --out {self.folder} "
-                    "(without --out a new run folder starts from the beginning)")
-        return "run the same command again to continue from the last checkpoint"
-
-    def finish(self, code: int, log: str) -> None:
-        """Write the run record (if the command made a run folder)."""
-        if self.folder is not None:
-            write_run_record(self.folder, self.argv, self.started, time.perf_counter() - self._t0, code, log)
-
-
-def build_config(cls: type, args: argparse.Namespace, cli: dict[str, Any],
-                 base: dict[str, Any] | None = None) -> Any:
-    """``base`` < file (``--config``) < explicit CLI flags < ``--set`` overrides."""
-    data = copy.deepcopy(base or {})  # overrides write into nested sections: keep the caller's intact
-    if args.config:
-        data = _merge(data, load_yaml(args.config))
+    for values, source in bases or []:
+        layer(values, source)
+    if config_file:
+        from_file = load_yaml(config_file)
+        data = _merge(data, from_file)
+        lines = key_lines(config_file)
+        for key in _leaves(from_file):
+            src.set(key, f"{config_file}:{lines.get(key, '?')}")
         try:  # the file on its own: a bad value in it is reported even where a flag overrides it
             from_dict(cls, copy.deepcopy(data))
         except ConfigError as exc:
-            raise locate(exc, args.config) from None
-    for key, value in cli.items():
+            raise locate(exc, config_file) from None
+    for values, source in implied or []:
+        layer(values, source)
+    for key, (value, flag) in flags.items():
         if value is not None:
             apply_override(data, f"{key}={json.dumps(value)}")
-    for override in args.set or []:
+            src.set(key, f"flag {flag}")
+    for override in overrides or []:
         apply_override(data, override)
+        src.set(override.split("=", 1)[0].strip(), f"--set {override}")
     try:
         return from_dict(cls, data)
     except ConfigError as exc:
-        if args.config:
-            raise locate(exc, args.config) from None
+        if config_file:
+            raise locate(exc, config_file) from None
         raise
+
+
+def _leaves(data: Any, prefix: str = "") -> list[str]:
+    if isinstance(data, dict) and data:
+        return [k for key, v in data.items() for k in _leaves(v, f"{prefix}.{key}" if prefix else str(key))]
+    return [prefix] if prefix else []
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -166,56 +149,3 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for k, v in b.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-class Tee(io.TextIOBase):
-    """Writes to a stream and keeps a copy (the run's log)."""
-
-    def __init__(self, stream: Any):
-        self.stream = stream
-        self.copy = io.StringIO()
-
-    def write(self, text: str) -> int:
-        self.copy.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def write_run_record(folder: Path, argv: list[str], started: float, seconds: float, code: int,
-                     log: str) -> None:
-    """``run.log`` (everything printed) and ``timings.json`` (command, start, duration, exit)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_text(folder / "run.log", log)
-    stamp = _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(timespec="seconds")
-    atomic_text(folder / "timings.json", json.dumps({"command": ["pipelines/run.py", *argv], "started": stamp,
-                                                     "seconds": round(seconds, 3), "exit_code": code}, indent=1))
-
-
-def write_yaml(path: Path, data: Any) -> None:
-    atomic_text(path, yaml.safe_dump(data, sort_keys=False))
-
-
-RUN_ONLY = ("device", "cache", "versions")  # where and with what a job ran, not what it computed
-
-
-def write_job_config(out: Path, record: dict[str, Any], result: str, force: bool) -> None:
-    """Record a job's resolved config as ``out/config.yaml``. A folder that already holds the
-    finished ``result`` of a job with another config is not reused without ``--force`` (its
-    tables would be replaced); the same job again is allowed: it rebuilds its tables from the
-    artifact cache."""
-    path = out / "config.yaml"
-    if not force and (out / result).is_file() and path.is_file():
-        try:
-            old = yaml.safe_load(path.read_text())
-        except (UnicodeDecodeError, yaml.YAMLError):
-            old = None
-
-        def what(d: Any) -> Any:
-            return {k: v for k, v in d.items() if k not in RUN_ONLY} if isinstance(d, dict) else d
-
-        if what(old) != what(yaml.safe_load(yaml.safe_dump(record))):
-            raise UserError(f"--out {out} holds the finished results of another configuration ({result}); "
-                            "give another --out, or --force to replace them")
-    write_yaml(path, record)

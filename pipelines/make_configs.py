@@ -20,9 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill.config import to_dict  # noqa: E402
 from distill.methods import param_table  # noqa: E402
-from pipelines.continual_cmd import ContinualJob  # noqa: E402
-from pipelines.nas_cmd import NASJob  # noqa: E402
-from pipelines.run import DistillJob, EvaluateJob  # noqa: E402
+from pipelines.jobs.continual import ContinualJobConfig  # noqa: E402
+from pipelines.jobs.distill import DistillJobConfig  # noqa: E402
+from pipelines.jobs.evaluate import EvaluateJobConfig  # noqa: E402
+from pipelines.jobs.nas import NASJobConfig  # noqa: E402
+from pipelines.jobs.reproduce import ReproduceJobConfig  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -63,10 +65,11 @@ def dump(obj: Any, indent: int = 0) -> list[str]:
     return lines
 
 JOBS = [
-    ("distill", DistillJob(), "run.py distill: condense a dataset (DataDAM / ATOM / DM) or select a coreset."),
-    ("evaluate", EvaluateJob(), "run.py evaluate: train networks on a synthetic set, test on the real test set."),
-    ("continual", ContinualJob(), "run.py continual: class-incremental learning with distilled replay memories."),
-    ("nas", NASJob(), "run.py nas: the 720-ConvNet search with synthetic proxies."),
+    ("distill", DistillJobConfig(), "run.py distill: condense a dataset (DataDAM / ATOM / DM / M3D) or select a coreset."),
+    ("evaluate", EvaluateJobConfig(), "run.py evaluate: train networks on a synthetic set, test on the real test set."),
+    ("continual", ContinualJobConfig(), "run.py continual: class-incremental learning with distilled replay memories."),
+    ("nas", NASJobConfig(), "run.py nas: the 720-ConvNet search with synthetic proxies."),
+    ("reproduce", ReproduceJobConfig(), "run.py reproduce: a published table measured cell by cell."),
 ]
 
 

@@ -216,11 +216,11 @@ def test_bad_file_is_one_error_line_and_exit_2(tmp_path, capsys, digits_prep, wr
 
 def test_list_shows_damaged_artifact_folders_as_partial(tmp_path, capsys):
     for name, text in (("binary", bytes(range(128, 256))), ("alist", b"- 1\n- 2\n"), ("broken", b"key: [1,\n")):
-        folder = tmp_path / "buffers" / f"{name}-0123456789ab"
+        folder = tmp_path / "sets" / f"{name}-0123456789ab"
         folder.mkdir(parents=True)
         (folder / "config.yaml").write_bytes(text)
     assert main(["list", "--cache", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name in ("binary", "alist", "broken"):
-        row = next(line for line in out.splitlines() if f"{name}-0123456789ab" in line and "buffers" in line)
+        row = next(line for line in out.splitlines() if f"{name}-0123456789ab" in line and "sets" in line)
         assert "partial" in row

@@ -47,7 +47,7 @@ def test_finished_distillation_is_not_overwritten_without_force(tmp_path, capsys
     assert (out / "synset.pt").read_bytes() == first
     # another config into the same folder: refused
     code, err = _err(capsys, [*argv, "--set", "distill.loss_scale=0.5"])
-    assert code == 2 and len(err) == 1 and "already holds a finished synthetic set" in err[0]
+    assert code == 2 and len(err) == 1 and "holds the finished results of another configuration (synset.pt)" in err[0]
     assert (out / "synset.pt").read_bytes() == first
     # --force replaces it
     assert main([*argv, "--set", "distill.loss_scale=0.5", "--force"]) == 0
@@ -109,12 +109,12 @@ def test_script_help_runs():
 
 
 def test_interruption_hint_names_the_folder_to_continue(tmp_path, capsys, monkeypatch):
-    import pipelines.run as run
+    import pipelines.jobs.distill as job
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "distill", interrupted)
+    monkeypatch.setattr(job, "distill", interrupted)
     monkeypatch.chdir(tmp_path)  # the made-up folder goes under ./runs
     argv = ["distill", "--dataset", "digits", "--method", "atom", "--ipc", "1", "--quiet"]
     assert main(argv) == 130
@@ -128,14 +128,12 @@ def test_interruption_hint_names_the_folder_to_continue(tmp_path, capsys, monkey
 
 def test_evaluate_trains_the_papers_20_networks_on_a_gpu_unless_told(tmp_path):
     """The device's default lies under every config file and flag (no GPU needed to check)."""
-    import argparse
-
     from pipelines.common import build_config
-    from pipelines.run import EvaluateJob, evaluation_defaults
+    from pipelines.jobs.evaluate import EvaluateJobConfig, evaluation_defaults
 
     def models(device, config=None, sets=(), flag=None):
-        args = argparse.Namespace(config=config, set=list(sets))
-        job = build_config(EvaluateJob, args, {"eval.models": flag}, evaluation_defaults(torch.device(device)))
+        job = build_config(EvaluateJobConfig, config, list(sets), {"eval.models": (flag, "--models")},
+                           [(evaluation_defaults(torch.device(device)), "device")])
         return job.eval.models
 
     assert models("cuda") == 20 and models("cpu") == 5

@@ -286,7 +286,7 @@ def test_cli_list_shows_an_interrupted_continual_run_as_partial(tmp_path, memory
     """Interrupted after its first cell, a continual artifact is listed as partial; the rerun
     finishes it (complete), keeping the finished cell."""
     import continual.protocol as protocol
-    from pipelines.artifacts import list_artifacts
+    from pipelines.cache import list_artifacts
 
     memory_set.save(tmp_path / "rand4.pt")
     argv = ["continual", "--dataset", "digits", "--steps", "2", "--ipc", "4", "--orders", "0", "--epochs", "1",

@@ -283,7 +283,7 @@ def test_nas_proxies_are_made_without_the_validation_images(tmp_path):
     from nas.search import holdout
 
     assert main(_nas(tmp_path, "--proxy", "random_ipc3", "--set", "nas.early_stopping=false")) == 0
-    (path,) = (tmp_path / "cache" / "buffers").glob("*/synset.pt")
+    (path,) = (tmp_path / "cache" / "sets").glob("*/synset.pt")
     s = SyntheticSet.load(path)
     data = load_dataset("digits", resolution=s.image_shape[1])
     train_idx, val_idx = holdout(data, resolve_nas(NASConfig(), "digits"))
@@ -394,7 +394,7 @@ def test_two_nas_processes_on_one_cache_share_every_study(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--proxy", "missing/synset.pt"], "does not exist"),
-    (["--proxy", "atom_ipc"], "neither a synset.pt path, a buffer named in buffers.yaml"),
+    (["--proxy", "atom_ipc"], "neither a synset.pt path, a set named in sets.yaml"),
     (["--proxy", "atom_ipc10_emnist"], "unknown dataset 'emnist'"),
     (["--proxy", "random_ipc2", "--storage", "postgresql://u:p@127.0.0.1:1/nas"], "cannot open the study storage"),
     (["--proxy", "random_ipc2_cifar10"], "proxy names dataset 'cifar10'"),

@@ -1,4 +1,4 @@
-"""Pipelines: cache keys, resume of an interrupted stage, named buffers, config files and their
+"""Pipelines: cache keys, resume of an interrupted stage, named sets, config files and their
 errors, run records, and class-sharded distillation (torchrun)."""
 
 import dataclasses
@@ -17,11 +17,11 @@ from distill.config import from_dict, to_dict
 from distill.loop import distill
 from distill.settings import DistillSettings, NetConfig, SetConfig, resolve
 from distill.errors import UserError
-from pipelines.artifacts import Artifact, config_key, list_artifacts
-from pipelines.buffers import BufferMaker, buffer_key_config
+from pipelines.cache import Artifact, Cache, config_key, list_artifacts
+from pipelines.sets import SetMaker, set_key_config
 from pipelines.common import DataConfig
 from pipelines.make_configs import CONFIG_DIR, JOBS, render
-from pipelines.registry import dataset_base, lookup, registry
+from pipelines.named_sets import dataset_base, lookup, named_sets
 from pipelines.run import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def _cfg(method="atom", **changes):
 
 def _key(data_id=DATA_ID, method="atom", **changes):
     cfg = resolve(_cfg(method, **changes), 8, "digits")
-    return config_key(buffer_key_config(data_id, cfg))
+    return config_key(set_key_config(data_id, cfg))
 
 
 def test_cache_key_changes_exactly_with_relevant_values():
@@ -101,11 +101,10 @@ def load_digits8():
     return load_dataset("digits", resolution=8)
 
 
-def test_interrupted_buffer_resumes_from_its_checkpoint(tmp_path, monkeypatch, interrupt):
+def test_interrupted_set_resumes_from_its_checkpoint(tmp_path, monkeypatch, interrupt):
     data = load_digits8()
     base = SetConfig(iterations=6, checkpoint_every=3, batch_real=8, net=NetConfig(width=16))
-    maker = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "a",
-                        progress=False)
+    maker = SetMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), Cache(tmp_path / "a"), progress=False)
     cfg = maker.resolve("dm", 2, base)
     real = interrupt(loop, "loss_and_grad", 5)
     with pytest.raises(KeyboardInterrupt):
@@ -117,15 +116,14 @@ def test_interrupted_buffer_resumes_from_its_checkpoint(tmp_path, monkeypatch, i
     monkeypatch.setattr(loop, "loss_and_grad", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     resumed, path, reused = maker.get(cfg)
     assert not reused and len(calls) == 2  # iterations 5..6 only: the interruption saved iteration 4
-    fresh = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "b",
-                        progress=False).get(cfg)[0]
+    fresh = SetMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), Cache(tmp_path / "b"), progress=False).get(cfg)[0]
     assert torch.equal(resumed.images, fresh.images)
     again, _, reused = maker.get(cfg)
     assert reused and torch.equal(again.images, resumed.images)
 
 
-def test_named_buffers_resolve():
-    defs = registry()
+def test_named_sets_resolve():
+    defs = named_sets()
     assert defs["atom_ipc50"].dataset == {"name": "cifar10"} and defs["atom_ipc50"].ipc == 50
     assert defs["datadam_ipc20_cifar100"].method == "datadam"
     pat = lookup("herding_ipc7_tinyimagenet")
@@ -133,7 +131,7 @@ def test_named_buffers_resolve():
     assert lookup("runs/x/synset.pt") is None
 
 
-def test_named_buffers_give_one_dataset_base():
+def test_named_sets_give_one_dataset_base():
     a, b, c = lookup("atom_ipc10_digits"), lookup("random_ipc5_digits"), lookup("dm_ipc50")
     assert dataset_base([a, b]) == {"name": "digits", "resolution": 8}  # union of the keys
     assert dataset_base([]) == {}
@@ -166,21 +164,21 @@ def test_run_record_written_when_a_command_fails_after_making_its_folder(tmp_pat
     assert "NAS on digits" in (out / "run.log").read_text()
 
 
-def test_distill_by_buffer_name_and_run_record(tmp_path):
+def test_distill_by_set_name_and_run_record(tmp_path):
     out = tmp_path / "r"
-    argv = ["distill", "--buffer", "random_ipc10_digits", "--cache", str(tmp_path / "cache"), "--quiet"]
+    argv = ["distill", "--named-set", "random_ipc10_digits", "--cache", str(tmp_path / "cache"), "--quiet"]
     assert main([*argv, "--out", str(out)]) == 0
     from distill.synset import SyntheticSet
 
     s = SyntheticSet.load(out / "synset.pt")
     assert s.meta["dataset"] == "digits" and s.image_shape == (1, 8, 8) and s.ipc == 10
     rec = json.loads((out / "timings.json").read_text())
-    assert rec["exit_code"] == 0 and rec["command"][1:3] == ["distill", "--buffer"] and rec["seconds"] > 0
+    assert rec["exit_code"] == 0 and rec["command"][1:3] == ["distill", "--named-set"] and rec["seconds"] > 0
     assert "synthetic set:" in (out / "run.log").read_text()
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["distill"]["seed"] == 0 and cfg["device"] == "cpu" and "torch" in cfg["versions"]
     # the set is a cached artifact: a second run (another --out) reuses it, making nothing
-    cached = list((tmp_path / "cache" / "buffers").glob("*/synset.pt"))
+    cached = list((tmp_path / "cache" / "sets").glob("*/synset.pt"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     assert main([*argv, "--out", str(tmp_path / "r2")]) == 0
@@ -252,14 +250,14 @@ def test_artifact_folder_records_its_config(tmp_path):
     assert art.complete and list_artifacts(tmp_path)[0]["status"] == "complete"
 
 
-def test_two_runs_needing_one_buffer_distil_it_once(tmp_path, monkeypatch, capsys):
-    """Two concurrent makers of the same buffer on one cache: the second waits on the artifact's
+def test_two_runs_needing_one_set_distil_it_once(tmp_path, monkeypatch, capsys):
+    """Two concurrent makers of the same set on one cache: the second waits on the artifact's
     lock, then reuses the first one's file, so the distillation runs once."""
     import threading
 
     data = load_digits8()
     base = SetConfig(iterations=4, batch_real=8, net=NetConfig(width=16))
-    makers = [BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path, progress=False)
+    makers = [SetMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), Cache(tmp_path), progress=False)
               for _ in range(2)]
     cfg = makers[0].resolve("dm", 2, base)
     real = loop.loss_and_grad
@@ -289,8 +287,8 @@ def test_curve_snapshots_and_longer_runs_equal_runs_of_their_own_length(tmp_path
     of its own length."""
     data = load_digits8()
     base = SetConfig(iterations=6, batch_real=8, net=NetConfig(width=16), checkpoint_every=0)
-    maker = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "a", progress=False)
-    fresh = BufferMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), tmp_path / "b", progress=False)
+    maker = SetMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), Cache(tmp_path / "a"), progress=False)
+    fresh = SetMaker(DataConfig("digits", resolution=8), data, torch.device("cpu"), Cache(tmp_path / "b"), progress=False)
     cfg = maker.resolve("atom", 1, base)
     real = loop.loss_and_grad
     calls = []

@@ -14,7 +14,7 @@ from distill.methods import METHODS
 from distill.fixtures import write_mnist
 from distill.settings import DistillSettings
 from pipelines.common import DataConfig
-from pipelines.reproduce_cmd import BUDGETS, cell_configs, load_table, select_cells, table_names
+from pipelines.tables import BUDGETS, cell_configs, load_table, select_cells, table_names
 from pipelines.run import main
 
 
@@ -58,7 +58,9 @@ def test_smoke_run_matches_evaluate_and_resumes_from_cached_cells(tmp_path, caps
     assert (tmp_path / "a" / "reproduce.png").stat().st_size > 0
     atom = first["cells"]["atom_ipc1"]
     assert atom["iterations"] == max(1, round(8000 * budget.iterations)) and atom["networks"] == 1
-    assert rows[("random", 1)]["difference"] == round(rows[("random", 1)]["ours_mean"] - 51.4, 2)
+    diff = round(rows[("random", 1)]["ours_mean"] - 51.4, 2)
+    assert rows[("random", 1)]["difference_value"] == diff and rows[("random", 1)]["difference"] == f"{diff:+.2f}"
+    assert rows[("random", 1)]["iterations"] is None  # a selection has no iterations ("—" in the table)
     assert rows[("atom", 1)]["paper"] == "not published" and rows[("atom", 1)]["difference"] is None
     assert rows[("dc", 10)]["ours"] == "published only" and ("random", 10) not in rows  # not selected
     # the curve: atom after 1 and 2 iterations (the latter is the table's cell), random as a flat line
@@ -70,7 +72,7 @@ def test_smoke_run_matches_evaluate_and_resumes_from_cached_cells(tmp_path, caps
     from distill.synset import SyntheticSet
 
     made = {SyntheticSet.load(p).meta["iterations"]: p
-            for p in (tmp_path / "cache" / "buffers").glob("fashionmnist_atom_ipc1-*/synset.pt")}
+            for p in (tmp_path / "cache" / "sets").glob("fashionmnist_atom_ipc1-*/synset.pt")}
     assert sorted(made) == [1, 2]  # the snapshot at 1 is a set of its own
     for its, want in ((2, atom["accuracies"]), (1, curve[1]["accuracies"])):
         assert main(["evaluate", "--synset", str(made[its]), "--models", "1", "--epochs", str(budget.epochs),

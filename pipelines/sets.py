@@ -1,10 +1,15 @@
-"""Synthetic sets (buffers) made on demand and kept in the artifact cache.
+"""Synthetic sets made on demand and kept in the artifact cache (stage ``sets``).
 
-A buffer is named by its method and IPC (``atom`` + 20 on digits -> ``digits_atom_ipc20``);
-its cache key covers the dataset identity (name, image size, ZCA) and every resolved
-hyperparameter the set depends on (``distill.settings.set_identity``), so a pipeline that
-needs ``datadam`` at IPC 20 distils it once and every later run, step count or class order
-reuses the file.
+A cached set is named by its dataset, method and IPC (``digits_atom_ipc20``; ``_f2`` at
+multi-formation factor 2); its key covers the dataset identity (name, image size, ZCA, cut) and
+the set's identity (``distill.settings.set_identity``: the method's own hyperparameters and the
+shared settings it reads), so a job that needs ``datadam`` at IPC 20 distils it once and every
+later run, step count or class order reuses the file.
+
+A matching set keeps its final state (``state.pt``) beside it: a longer run of the same set
+continues from the longest finished one, and every snapshot of a run (``distill.snapshots``)
+becomes the set of that many iterations (it is exactly that: nothing in the loop depends on the
+run's length), which is how learning curves cost one distillation.
 """
 
 from __future__ import annotations
@@ -25,33 +30,33 @@ from distill.prepare import Prepared, check_ipc, data_identity, prepare
 from distill.settings import DistillSettings, SetConfig, resolve, set_identity
 from distill.synset import SyntheticSet
 
-from .artifacts import Artifact
+from .cache import Artifact, Cache
 from .common import DataConfig
 
+STAGE = "sets"
 STATE = "state.pt"  # a finished set's final state: a longer run of the same set continues from it
+
+
+def set_key_config(data_id: dict[str, Any], cfg: SetConfig) -> dict[str, Any]:
+    """What a cached set's key is made of: the data's identity and the set's."""
+    return {"dataset": data_id, "distill": set_identity(to_dict(cfg))}
 
 
 def is_matching(method: str) -> bool:
     return get_method(method).kind == "match"
 
 
-def buffer_key_config(data_id: dict[str, Any], cfg: SetConfig) -> dict[str, Any]:
-    return {"dataset": data_id, "distill": set_identity(to_dict(cfg))}
+class SetMaker:
+    """Makes (or reuses) the sets of one dataset; the dataset is prepared once, on first need."""
 
-
-class BufferMaker:
-    """Makes (or reuses) buffers of one dataset; the dataset is prepared once, on first need."""
-
-    def __init__(self, data_cfg: DataConfig, data: ImageData, device: torch.device,
-                 root: str | Path, force: bool = False, progress: bool = True,
-                 subset: dict[str, Any] | None = None):
+    def __init__(self, data_cfg: DataConfig, data: ImageData, device: torch.device, cache: Cache,
+                 progress: bool = True, subset: dict[str, Any] | None = None):
         """``subset``: how ``data`` was cut from the dataset, part of every key and recorded in
         every set's metadata (NAS proxies: ``{"holdout": [fraction, seed]}``, the training set
         without its validation split; ``dataset.per_class`` is in ``data_cfg``'s identity)."""
         self.data_cfg, self.data, self.device, self.subset = data_cfg, data, device, dict(subset or {})
-        self.root, self.force, self.progress = Path(root), force, progress
+        self.cache, self.progress = cache, progress
         self._prep: Prepared | None = None
-        self._made: set[str] = set()  # keys made in this run (--force recomputes each once)
 
     @property
     def prep(self) -> Prepared:
@@ -64,43 +69,36 @@ class BufferMaker:
         return resolve(SetConfig.of(method, ipc, settings), self.data.image_size[0], self.data.name)
 
     def artifact(self, cfg: SetConfig) -> Artifact:
-        data_id = self.data_cfg.identity(self.data)
-        data_id.update(self.subset)
+        data_id = {**self.data_cfg.identity(self.data), **self.subset}
         factor = f"_f{cfg.factor}" if cfg.factor != 1 and is_matching(cfg.method) else ""
-        return Artifact(self.root, "buffers", f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}{factor}",
-                        buffer_key_config(data_id, cfg), "synset.pt")
+        return self.cache.artifact(STAGE, f"{self.data.name}_{cfg.method}_ipc{cfg.ipc}{factor}",
+                                   set_key_config(data_id, cfg), "synset.pt")
 
     def get(self, cfg: SetConfig) -> tuple[SyntheticSet, Path, bool]:
         """``(set, path, reused)`` for a resolved config: the cached file, or a new distillation
-        that checkpoints into the artifact folder (an interrupted one continues). A matching set
-        longer than one already made continues from that shorter run's final state; every
-        ``cfg.snapshots`` iteration reached becomes the artifact of a run of that length."""
+        that checkpoints into the artifact folder (an interrupted one continues)."""
+        check_ipc(self.data, cfg.ipc, cfg.factor if is_matching(cfg.method) and cfg.init != "noise" else 1)
         art = self.artifact(cfg)
-        force = self.force and art.key not in self._made
-        if art.complete and not force:
-            return SyntheticSet.load(art.result_path), art.result_path, True
-        check_ipc(self.data, cfg.ipc)
-        with art.lock():  # another run making the same buffer: wait for it, then reuse it
-            if art.complete and not force:
-                return SyntheticSet.load(art.result_path), art.result_path, True
-            folder = art.open(force=force)
-            self._made.add(art.key)
-            ckpt = folder / "checkpoint.pt"
-            shorter = None if force else self.shorter_state(cfg)
-            if shorter is not None and not ckpt.exists():
-                shutil.copyfile(shorter, ckpt)
-                print(f"  {art.name}: continuing from the shorter run in {shorter.parent}", flush=True)
-            meta = {"data_config": to_dict(self.data_cfg), **self.subset}  # subset: source_indices then index the split
-            synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress,
-                             on_snapshot=lambda it, s, state: self.keep_snapshot(cfg, it, s, state),
-                             extra_meta={**meta, "artifact_key": art.key})
-            self.finish(art, synset, ckpt)
-        return synset, art.result_path, False
+        synset, reused = self.cache.get_or_make(art, lambda folder: self._make(art, cfg, folder), SyntheticSet.load)
+        return synset, art.result_path, reused
+
+    def _make(self, art: Artifact, cfg: SetConfig, folder: Path) -> SyntheticSet:
+        ckpt = folder / "checkpoint.pt"
+        shorter = self.shorter_state(cfg)
+        if shorter is not None and not ckpt.exists():
+            shutil.copyfile(shorter, ckpt)
+            print(f"  {art.name}: continuing from the shorter run in {shorter.parent}", flush=True)
+        meta = {"data_config": to_dict(self.data_cfg), **self.subset}  # subset: source_indices then index the split
+        synset = distill(self.prep, cfg, checkpoint=ckpt, resume=True, progress=self.progress,
+                         on_snapshot=lambda it, s, state: self.keep_snapshot(cfg, it, s, state),
+                         extra_meta={**meta, "artifact_key": art.key})
+        self.finish(art, synset, ckpt)
+        return synset
 
     def get_curve(self, cfg: SetConfig, iterations: list[int]) -> dict[int, SyntheticSet]:
         """The sets of ``cfg`` after each of ``iterations``: one distillation to the longest,
-        keeping the others as snapshots (each equals a run of that length); any still missing
-        afterwards (asked for below an earlier, longer run) is made on its own."""
+        keeping the others as snapshots; any still missing afterwards (asked for below an
+        earlier, longer run) is made on its own."""
         wanted = sorted(set(iterations))
         missing = [n for n in wanted if not self.artifact(replace(cfg, iterations=n)).complete]
         if missing:
@@ -118,7 +116,8 @@ class BufferMaker:
                 state.save(folder / STATE, replace(cfg, iterations=iteration), data_identity(self.prep))
                 self.finish(art, synset.with_meta(artifact_key=art.key), folder / STATE)
 
-    def finish(self, art: Artifact, synset: SyntheticSet, state: Path) -> None:
+    @staticmethod
+    def finish(art: Artifact, synset: SyntheticSet, state: Path) -> None:
         """Write a finished set into its artifact; its final state stays beside it (``state.pt``)
         so that a longer run of the same set can continue from it."""
         synset.save(art.result_path)
@@ -128,22 +127,20 @@ class BufferMaker:
 
     def shorter_state(self, cfg: SetConfig) -> Path | None:
         """The final state of the longest finished run of the same set with fewer iterations."""
-        if not is_matching(cfg.method):
+        art = self.artifact(cfg)
+        if not is_matching(cfg.method) or self.cache.stale(art):
             return None
         want = resume_key(cfg)
         best: tuple[int, Path] | None = None
-        for meta in Path(self.root / "buffers").glob(f"{self.artifact(cfg).name}-*/config.yaml"):
+        for meta in (self.cache.root / STAGE).glob(f"{art.name}-*/config.yaml"):
             state = meta.parent / STATE
             try:
                 recorded = yaml.safe_load(meta.read_text())["config"]
+                its = recorded["distill"]["iterations"]
+                same = recorded["dataset"] == art.config["dataset"] and resume_key(recorded["distill"]) == want
             except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
                 continue
-            its = (recorded.get("distill") or {}).get("iterations")
-            data_id = self.artifact(cfg).config["dataset"]
-            if (not state.is_file() or not (meta.parent / "synset.pt").is_file() or recorded.get("dataset") != data_id
-                    or resume_key(recorded.get("distill") or {}) != want or not isinstance(its, int)
-                    or its >= cfg.iterations):
-                continue
-            if best is None or its > best[0]:
+            if same and isinstance(its, int) and its < cfg.iterations and state.is_file() \
+                    and (meta.parent / "synset.pt").is_file() and (best is None or its > best[0]):
                 best = (its, state)
         return best[1] if best else None

@@ -1,6 +1,8 @@
-"""Named buffers: ``atom_ipc50``, ``datadam_ipc20_cifar100``, ``random_ipc10_digits`` ... resolve to
-definitions in ``pipelines/configs/buffers.yaml`` (dataset + distillation sections), or, when
-not listed, to the pattern ``<method>_ipc<N>[_<dataset>]``."""
+"""Named sets: ``atom_ipc50``, ``datadam_ipc20_cifar100``, ``random_ipc10_digits`` ... resolve to
+definitions in ``pipelines/configs/sets.yaml`` (dataset + distillation sections), or, when not
+listed, to the pattern ``<method>_ipc<N>[_<dataset>]``. ``distill --named-set NAME``, ``nas
+--proxy NAME`` and ``continual --memories NAME`` take them; a name is a role-free recipe for a
+cached synthetic set."""
 
 from __future__ import annotations
 
@@ -18,13 +20,13 @@ from distill.methods import get_method
 from .common import DataConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-BUFFERS_FILE = CONFIG_DIR / "buffers.yaml"
+SETS_FILE = CONFIG_DIR / "sets.yaml"
 PATTERN = re.compile(r"^(?P<method>[a-z_]+?)_ipc(?P<ipc>\d+)(?:_(?P<dataset>[a-z0-9]+))?$")
 
 
 @dataclass
-class BufferDef:
-    """A named buffer: its dataset section (``None`` fields: the job's) and distillation."""
+class NamedSet:
+    """A named set: its dataset section (``None`` fields: the job's) and distillation."""
 
     name: str
     dataset: dict[str, Any]
@@ -39,42 +41,42 @@ class BufferDef:
         return int(self.distill["ipc"])
 
     def distill_config(self, settings: DistillSettings) -> SetConfig:
-        """The job's distillation settings with this buffer's distill keys (method, IPC, ...) applied."""
+        """The job's distillation settings with this set's distill keys (method, IPC, ...) applied."""
         return from_dict(SetConfig, {**to_dict(settings), **self.distill}, "distill")
 
 
-def dataset_base(defs: list[BufferDef]) -> dict[str, Any]:
-    """The dataset section that named buffers give a job, as the base its file and flags
-    override (``run.py distill --buffer``, ``run.py nas --proxy``): the union of their dataset
-    keys, which must agree."""
+def dataset_base(defs: list[NamedSet]) -> dict[str, Any]:
+    """The dataset section that named sets give a job, as the base its file and flags override
+    (``run.py distill --named-set``, ``run.py nas --proxy``): the union of their dataset keys,
+    which must agree."""
     out: dict[str, Any] = {}
     for d in defs:
         for key, value in d.dataset.items():
             if key in out and out[key] != value:
-                raise UserError(f"the buffers disagree on dataset.{key}: {out[key]!r} and {value!r} ({d.name})")
+                raise UserError(f"the named sets disagree on dataset.{key}: {out[key]!r} and {value!r} ({d.name})")
             out[key] = value
     return out
 
 
-def registry(path: Path = BUFFERS_FILE) -> dict[str, BufferDef]:
-    """Every buffer defined in ``buffers.yaml``, validated (a typo names the file and line)."""
+def named_sets(path: Path = SETS_FILE) -> dict[str, NamedSet]:
+    """Every set defined in ``sets.yaml``, validated (a typo names the file and line)."""
     raw = load_yaml(path)
     out = {}
     for name, entry in raw.items():
         if not isinstance(entry, dict) or set(entry) - {"dataset", "distill"}:
-            raise UserError(f"{path}: buffer {name!r} must be a mapping with dataset and distill sections")
+            raise UserError(f"{path}: named set {name!r} must be a mapping with dataset and distill sections")
         try:
             ds = to_dict(from_dict(DataConfig, entry.get("dataset") or {}, f"{name}.dataset"))
             from_dict(SetConfig, entry.get("distill") or {}, f"{name}.distill")
         except ConfigError as exc:
             raise locate(exc, path) from None
         given = entry.get("dataset") or {}
-        out[str(name)] = BufferDef(str(name), {k: ds[k] for k in given}, dict(entry.get("distill") or {}))
+        out[str(name)] = NamedSet(str(name), {k: ds[k] for k in given}, dict(entry.get("distill") or {}))
     return out
 
 
 def is_path(spec: str) -> bool:
-    """True when a buffer spec names a synset file rather than a buffer or method."""
+    """True when a spec names a synset file rather than a named set or a method."""
     return spec.endswith(".pt") or "/" in spec or Path(spec).exists()
 
 
@@ -99,20 +101,20 @@ def report_labels(specs: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def lookup(name: str) -> BufferDef | None:
-    """The definition of a buffer name; None when ``name`` is a file path."""
+def lookup(name: str) -> NamedSet | None:
+    """The definition of a set name; None when ``name`` is a file path."""
     if is_path(name):
         return None
-    defs = registry()
+    defs = named_sets()
     if name in defs:
         return defs[name]
     m = PATTERN.match(name)
     if not m:
-        raise UserError(f"{name!r} is neither a synset.pt path, a buffer named in {BUFFERS_FILE.name} "
+        raise UserError(f"{name!r} is neither a synset.pt path, a set named in {SETS_FILE.name} "
                         f"({', '.join(list(defs)[:4])}, ...) nor a name like atom_ipc50 or random_ipc10_digits "
                         "(<method>_ipc<N>[_<dataset>])")
     get_method(m["method"])
     if m["dataset"] and m["dataset"] not in DATASETS:
-        raise UserError(f"buffer {name!r}: unknown dataset {m['dataset']!r}; allowed: {', '.join(DATASETS)}")
-    return BufferDef(name, {"name": m["dataset"]} if m["dataset"] else {},
+        raise UserError(f"set {name!r}: unknown dataset {m['dataset']!r}; allowed: {', '.join(DATASETS)}")
+    return NamedSet(name, {"name": m["dataset"]} if m["dataset"] else {},
                      {"method": m["method"], "ipc": int(m["ipc"])})

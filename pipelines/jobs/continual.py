@@ -1,0 +1,196 @@
+"""``run.py continual``: class-incremental learning with synthetic replay memories.
+
+Loads the dataset, makes (or reuses from the artifact cache) every memory it compares, runs the
+protocol over the Avalanche benchmark for each, and writes the per-step table (md/csv/json), the
+accuracy-vs-classes plot and, optionally, TensorBoard scalars. Each memory's (order, step)
+cells are cached as they finish: an interrupted run continues where it stopped, and a repeated
+run only redraws the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from continual.config import ContinualConfig, resolve_continual
+from distill.config import execution_free, to_dict
+from distill.datasets import quick_defaults
+from distill.errors import UserError
+from distill.methods import METHODS, get_method
+from distill.report import publish
+from distill.settings import DistillSettings, settings_for
+from distill.synset import SyntheticSet
+
+from ..cache import CellStore, config_key, file_digest
+from ..cli import csv_ints, csv_items
+from ..common import DataConfig
+from ..named_sets import is_path, report_labels
+from ..sets import SetMaker, set_key_config
+from . import Job, register_job
+
+CELL_SELECTION = ("memories", "orders")  # which cells a run wants, not what one cell computes
+
+
+@dataclass
+class ContinualJobConfig:
+    """``run.py continual``: dataset, protocol, and how memories are distilled when needed."""
+
+    dataset: DataConfig = field(default_factory=lambda: DataConfig(name="cifar100"))
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
+    distill: DistillSettings = field(default_factory=DistillSettings)  # for memories made here (method, IPC: continual)
+
+
+@dataclass
+class Memory:
+    """One compared memory: a set for every class order, or a function giving an order's set
+    (selections built step by step), and the identity its cells are cached under."""
+
+    label: str
+    source: SyntheticSet | Callable[[int], SyntheticSet]
+    identity: str
+
+
+class ContinualJob(Job):
+    name = "continual"
+    help = "class-incremental learning with distilled replay memories"
+    description = ("DM's class-incremental protocol on Avalanche: at every step, fresh ConvNets are trained from "
+                   "scratch on the synthetic memories (ipc images per class) of all classes seen so far and tested "
+                   "on those classes' real test images; mean +- std over models and class orders.\n\n"
+                   "Memories named by method are distilled once and cached (--cache); selection methods (random, "
+                   "herding, kcenter, ...) are chosen per class order and step from that step's data only; "
+                   "synset.pt paths are used as given. Writes continual.{md,csv,json,png}.")
+    examples = ("python pipelines/run.py continual --steps 10                  # CIFAR-100, the papers' defaults",
+                "python pipelines/run.py continual --steps 5 --dataset digits  # offline, CPU minutes",
+                "python pipelines/run.py continual --memories random,runs/x/synset.pt --orders 0,1")
+    Config = ContinualJobConfig
+    options = ("dataset", "data_root", "seed", "cache", "force", *Job.options)
+    option_help = {"dataset": "dataset (default cifar100)", "data_root": "data folder (default: data)",
+                   "seed": "training seed (default 0)", "force": "recompute cached memories and results"}
+    flags = {"dataset": ("dataset.name", None), "data_root": ("dataset.root", None), "steps": ("continual.steps", None),
+             "ipc": ("continual.ipc", None), "models": ("continual.models", None),
+             "epochs": ("continual.epochs", None), "seed": ("continual.seed", None),
+             "orders": ("continual.orders", csv_ints("--orders")), "memories": ("continual.memories", csv_items)}
+    result = "continual.json"
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--steps", type=int, help="number of experiences (default 10; CIFAR-100 papers: 5 or 10)")
+        p.add_argument("--memories", help=f"comma-separated methods ({', '.join(METHODS)}) or synset.pt paths "
+                                          "(default random,herding,dm,datadam,atom; digits: random,herding,dm,datadam)")
+        p.add_argument("--ipc", type=int, help="memory images per class (default 20)")
+        p.add_argument("--models", type=int, help="models per step and order (default 3; digits 1)")
+        p.add_argument("--orders", help="comma-separated class-order seeds (default 0,1,2,3,4; digits 0,1,2)")
+        p.add_argument("--epochs", type=int, help="training epochs per model (default 1000; digits 150)")
+
+    def resolve(self) -> None:
+        job = self.config
+        self.data = job.dataset.load(quick_defaults(job.dataset.name, "continual").get("resolution"))
+        self.cfg = resolve_continual(job.continual, self.data.name, self.data.num_classes)
+        self.specs = [m.strip() for m in self.cfg.memories or [] if m.strip()]
+        self.labels = report_labels(self.specs, "--memories")
+        self.files = [s for s in self.specs if is_path(s)]
+        for spec in self.specs:  # every typo before any long work
+            if spec not in self.files:
+                get_method(spec)
+        settings_for([s for s in self.specs if s not in self.files], job.distill)
+
+    def record(self) -> dict[str, Any]:
+        return {"dataset": to_dict(self.config.dataset), "continual": to_dict(self.cfg),
+                "distill": to_dict(self.config.distill), **{k: v for k, v in super().record().items()
+                                                           if k in ("device", "cache", "versions")}}
+
+    def run(self) -> int:
+        from continual.protocol import benchmarks_for
+
+        cfg, data = self.cfg, self.data
+        out, _ = self.open_folder(f"continual-{data.name}-{cfg.steps}steps")
+        print(f"continual learning on {self.config.dataset.describe(data)}: {cfg.steps} steps, ipc {cfg.ipc}, "
+              f"{cfg.models} model(s) x {len(cfg.orders or [])} class orders, {cfg.epochs} epochs, memories "
+              f"{', '.join(self.specs)}, on {self.env.device} -> {out}")
+        memories = self.memories()
+        benchmarks = benchmarks_for(data.train_x, data.train_y, data.test_x, data.test_y, data.num_classes, cfg)
+        cells = self.run_cells(memories, benchmarks)
+        self.tables(cells, out)
+        return 0
+
+    def memories(self) -> list[Memory]:
+        """Files first (cheap checks), then selections built per class order and step (no image
+        of a later step is used), then cached or new distilled sets; in the order given."""
+        from continual.baselines import is_stepwise, stepwise_coreset
+        from continual.memory import check_memory
+
+        cfg, data, job = self.cfg, self.data, self.config
+        shape, k = (data.channels, *data.image_size), data.num_classes
+        made: dict[str, Memory] = {}
+        for spec in self.files:
+            synset = SyntheticSet.load(spec)
+            check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
+            made[spec] = Memory(self.labels[spec], synset, "file:" + file_digest(spec))
+        self.maker = SetMaker(job.dataset, data, self.env.device, self.env.cache, self.env.progress)
+        for spec in [s for s in self.specs if s not in self.files]:
+            dcfg = self.maker.resolve(spec, cfg.ipc, job.distill)
+            if is_stepwise(spec):
+                def per_order(order: int, method: str = spec, dcfg: Any = dcfg) -> SyntheticSet:
+                    synset = stepwise_coreset(self.maker.prep, method, order, cfg.steps, dcfg)
+                    check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {method}")
+                    return synset
+
+                key = config_key({**set_key_config(job.dataset.identity(data), dcfg), "steps": cfg.steps})
+                print(f"  memory {spec}: chosen per class order and step (no later data), key {key}")
+                made[spec] = Memory(spec, per_order, "stepwise:" + key)
+            else:
+                synset, path, reused = self.maker.get(dcfg)
+                print(f"  memory {spec}: {'reused' if reused else 'made'} {path}")
+                check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
+                made[spec] = Memory(spec, synset, "buffer:" + self.maker.artifact(dcfg).key)
+        return [made[s] for s in self.specs]
+
+    def run_cells(self, memories: list[Memory], benchmarks: dict[int, Any]) -> dict[str, dict[str, Any]]:
+        """Every memory's (order, step) cells, from the cache where finished."""
+        from tqdm import tqdm
+
+        from continual.protocol import cell_from_dict, cell_to_dict, run_memory
+
+        cfg, data = self.cfg, self.data
+        proto = {key: v for key, v in execution_free(to_dict(cfg)).items() if key not in CELL_SELECTION}
+        wanted = {f"{o}/{s}" for o in cfg.orders or [] for s in range(cfg.steps)}
+        bar = tqdm(total=len(memories) * len(wanted), desc="continual", disable=self.env.quiet, dynamic_ncols=True)
+        out: dict[str, dict[str, Any]] = {}
+        for m in memories:
+            art = self.env.cache.artifact("continual", f"{data.name}_{m.label}_{cfg.steps}steps",
+                                          {"memory": m.identity, "dataset": self.config.dataset.identity(data),
+                                           "protocol": proto}, "cells.json")
+            with art.lock():  # another run on the same memory and protocol: wait, then reuse its cells
+                self.env.cache.open(art)
+                store = CellStore(art, wanted)
+                done = {key: cell_from_dict(c) for key, c in store.cells.items()}
+                bar.update(len(wanted & set(done)))
+                bar.set_description(f"continual {m.label}")
+                test_x = self.maker.prep.preprocess(data.test_x) if callable(m.source) else m.source.preprocess(data.test_x)
+                cells = run_memory(m.source, test_x, data.test_y, benchmarks, cfg, self.env.device, done,
+                                   lambda cell: store.save(cell.key(), cell_to_dict(cell)), bar)
+                store.close()
+            out[m.label] = {"cells": cells, "artifact": str(art.path)}
+        bar.close()
+        return out
+
+    def tables(self, all_cells: dict[str, dict[str, Any]], out: Any) -> None:
+        from continual.protocol import cell_to_dict, step_stats
+        from continual.report import plot_curves, step_rows, tensorboard_log
+
+        cfg, data = self.cfg, self.data
+        curves = {name: step_stats(v["cells"], cfg.orders or [], cfg.steps) for name, v in all_cells.items()}
+        rows, columns = step_rows(curves)
+        for row in rows:
+            row["cells"] = {key: cell_to_dict(c) for key, c in all_cells[row["memory"]]["cells"].items()}
+        plot = plot_curves(curves, out / "continual.png",
+                           f"{self.config.dataset.describe(data)}: {cfg.steps} steps, {cfg.ipc} images/class, "
+                           f"{cfg.models} model(s) x {len(cfg.orders or [])} orders")
+        tb = tensorboard_log(curves, out / "tensorboard") if cfg.tensorboard else None
+        publish(rows, columns, out, "continual", {"dataset": data.name, "device": str(self.env.device),
+                                                  "config": to_dict(cfg), "versions": self.record()["versions"]})
+        print(f"  plot:   {plot}" + (f"\n  tensorboard: {tb}" if tb else ""))
+
+
+register_job(ContinualJob)
