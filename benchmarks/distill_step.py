@@ -31,7 +31,7 @@ from distill.data import ClassIndex  # noqa: E402
 from distill.settings import SetConfig, resolve  # noqa: E402
 from distill.step import bound, loss_and_grad, matching_net  # noqa: E402
 from distill.nets import build_net  # noqa: E402
-from distill.train import keep_host_memory  # noqa: E402
+from distill.runtime import keep_host_memory  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def main() -> None:
                     help="comma-separated subset of: " + ", ".join(s.name for s in SHAPES))
     ap.add_argument("--no-reference", action="store_true", help="time only our loop")
     ap.add_argument("--host-memory", choices=("keep", "default"), default="keep",
-                    help="keep: reuse freed CPU memory as the command line does (distill.train.keep_host_memory); "
+                    help="keep: reuse freed CPU memory as the command line does (distill.runtime.keep_host_memory); "
                          "default: glibc's defaults, to measure what that buys")
     args = ap.parse_args()
     if args.host_memory == "keep":

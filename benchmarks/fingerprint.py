@@ -114,7 +114,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=("configs", "all"), default="all")
     args = ap.parse_args()
-    from distill.train import keep_host_memory
+    from distill.runtime import keep_host_memory
 
     keep_host_memory()
     doc: dict[str, Any] = {"configs": configs()}

@@ -211,6 +211,8 @@ def locate(exc: ConfigError, path: str | Path) -> UserError:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a syntax error names the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder; give a YAML file")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:
@@ -238,9 +240,15 @@ class Sources:
 
     def __init__(self) -> None:
         self.where: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}
 
     def set(self, key: str, source: str) -> None:
         self.where[key] = source
+
+    def alias(self, prefix: str, target: str) -> None:
+        """Keys under ``prefix`` (a set resolved from the job's ``distill`` section) that no step
+        filled come from ``target`` (``distill``)."""
+        self.aliases[prefix] = target
 
     def set_tree(self, data: Any, source: str, prefix: str = "") -> None:
         """Record ``source`` for every leaf of a nested mapping (a config file, a named buffer)."""
@@ -256,6 +264,8 @@ class Sources:
         while k:
             if k in self.where:
                 return self.where[k]
+            if k in self.aliases:
+                return self.of(self.aliases[k] + key[len(k):])
             k = k.rpartition(".")[0]
         return "default"
 

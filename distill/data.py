@@ -9,7 +9,8 @@ the container, the class index and the decoding helpers the loaders share.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -191,3 +192,24 @@ def cached_decode(cache: Path, build: Callable[[], ImageData], source: Path) -> 
     except OSError:
         pass  # read-only data folder: decode again next time
     return data
+
+
+@contextmanager
+def no_leftovers(root: Path) -> Iterator[None]:
+    """Run a download into ``root``; if it fails, remove the folders it created and left empty
+    (torchvision makes ``<root>/<Dataset>/raw`` before it knows the network is unreachable), so
+    a failed offline attempt leaves the disk as it was."""
+    root = Path(root)
+    missing = [p for p in (root, *root.parents) if not p.exists()]
+    before = {p for p in root.rglob("*") if p.is_dir()} if root.exists() else set()
+    try:
+        yield
+    except BaseException:
+        if root.exists():
+            for d in sorted((p for p in root.rglob("*") if p.is_dir() and p not in before), key=lambda p: -len(p.parts)):
+                with suppress(OSError):
+                    d.rmdir()  # only if empty
+        for d in missing:  # the folders above that the attempt made, deepest first
+            with suppress(OSError):
+                d.rmdir()
+        raise

@@ -56,7 +56,7 @@ def eval_inputs(synset: SyntheticSet, data: ImageData) -> Tensor:
     set fits the dataset (classes, channels, image size)."""
     src = synset.meta.get("dataset")
     if src and src != data.name:
-        raise UserError(f"the synthetic set was made from {src!r}, not {data.name!r}; evaluate it on "
+        raise UserError(f"the synthetic set was made from {src!r}, not {data.name!r}: it fits only jobs on "
                         f"--dataset {src}")
     if synset.num_classes != data.num_classes:
         raise UserError(f"the synthetic set has {synset.num_classes} classes, {data.name} has "

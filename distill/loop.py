@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from .config import to_dict
-from .errors import UserError, reason
-from .files import atomic_save
+from .errors import UserError
+from .files import atomic_save, read_plain
 from .interrupts import deferred_interrupts
 from .methods import MatchingMethod, get_method
 from .multiformation import decode, decode_labels, mix
@@ -63,10 +63,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """A distillation checkpoint, or one error line when the file is truncated, foreign or not a
     checkpoint at all (it is read with ``weights_only``: it never runs code)."""
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"checkpoint {path} could not be read ({reason(exc)}); delete it to start "
-                        "again, or use a fresh --out or --force") from exc
+        blob = read_plain(path, "distillation checkpoint")
+    except UserError as exc:
+        raise UserError(f"checkpoint {path} could not be read ({exc}); delete it to start again, or use a "
+                        "fresh --out or --force") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(blob, dict) or k not in blob]
     if missing:
         raise UserError(f"{path} is not a distillation checkpoint (missing {', '.join(missing)}); delete it "

@@ -148,7 +148,7 @@ def resolve(cfg: SetConfig, image_size: int, dataset: str | None = None, sources
     net = replace(cfg.net, **{k[4:]: v for k, v in filled.items() if k.startswith("net.")})
     if net.init not in INITS:
         raise choice_error("net.init", net.init, INITS)
-    from .train import COMPILE_MODES
+    from .runtime import COMPILE_MODES
 
     if cfg.compile not in COMPILE_MODES:
         raise choice_error("compile", cfg.compile, COMPILE_MODES)

@@ -32,7 +32,7 @@ from .methods import MatchingMethod, Stats, get_method
 from .multiformation import decode
 from .nets import NetSpec, has_batch_statistics, init_weights
 from .settings import SetConfig
-from .train import compiled, wants_compile
+from .runtime import compiled, wants_compile
 
 
 def chunk_classes(images: int | None, net: torch.nn.Module, k: int, per_class: int, device: torch.device,

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import UserError, reason
-from .files import atomic_save, atomic_write
+from .errors import UserError
+from .files import atomic_save, atomic_write, read_plain
 from .multiformation import check_factor, decode, decode_labels
 from .preprocess import Preprocess
 
@@ -231,14 +231,8 @@ class SyntheticSet:
 
     @staticmethod
     def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> "SyntheticSet":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"synthetic-set file {path} does not exist")
-        try:
-            blob = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # unpicklable, foreign code, truncated or empty file
-            raise UserError(f"{path} could not be read as a synthetic-set file ({reason(exc)})") from exc
-        return SyntheticSet.from_state(blob, str(path))
+        """Read and validate a synthetic-set file (``weights_only``: it never runs code)."""
+        return SyntheticSet.from_state(read_plain(path, "synthetic-set", str(map_location)), str(path))
 
     # -- exports ---------------------------------------------------------------------------
     def export_npz(self, path: str | os.PathLike[str]) -> Path:

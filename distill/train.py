@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -32,6 +31,7 @@ from torch import Tensor
 from . import augment
 from .errors import UserError, check_range, choice_error
 from .nets import NetSpec, has_batch_statistics, init_weights
+from .runtime import COMPILE_MODES, compiled, wants_compile
 
 
 SCHEDULES = ("half", "constant", "step15")
@@ -64,69 +64,6 @@ def derived_seed(*parts: int) -> int:
     import numpy as np
 
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-COMPILE_MODES = ("auto", "on", "off")
-# graphs one compiled function may hold (one per input shape: a continual run has a new last
-# batch at every step, ``--arch all`` a function per architecture sharing one code object);
-# the compiler's own limit, 8, would silently run the rest eagerly
-RECOMPILE_LIMIT = 64
-
-
-def wants_compile(mode: str, device: torch.device) -> bool:
-    """``auto``: compile on CUDA only (on the H100 it took a distillation step from 22 to 14 ms
-    and a 20-model training step from 89 to 33 ms, benchmarks/RESULTS.md; on the CPU the
-    compilation costs more than it saves in our runs); ``on`` / ``off``: always / never."""
-    return mode == "on" or (mode == "auto" and device.type == "cuda")
-
-
-def compiled(fn: Callable[..., Any], enabled: bool, dynamic: bool | None = None) -> Callable[..., Any]:
-    """``torch.compile(fn, dynamic=dynamic)`` when ``enabled``, falling back to ``fn`` itself
-    (with one warning) if compilation fails on this machine, so a missing compiler never stops a
-    run. The compiled function computes the same values up to float rounding (different kernel
-    fusion). While it runs, up to ``RECOMPILE_LIMIT`` graphs (input shapes) are compiled
-    instead of the compiler's default 8; the setting is restored after every call."""
-    if not enabled:
-        return fn
-    fast = torch.compile(fn, dynamic=dynamic)
-    state = {"ok": True}
-    config = torch._dynamo.config  # noqa: SLF001 - the documented way to scope compiler settings
-    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        if state["ok"]:
-            try:
-                with config.patch(**{limit: max(RECOMPILE_LIMIT, getattr(config, limit))}):
-                    return fast(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
-                state["ok"] = False
-                warnings.warn(f"torch.compile failed ({type(exc).__name__}); running without it", stacklevel=2)
-        return fn(*args, **kwargs)
-
-    return call
-
-
-def keep_host_memory() -> bool:
-    """Make glibc's ``malloc`` keep freed large blocks for reuse (``mallopt``: mmap threshold
-    1 GiB, trim threshold 2 GiB, top pad 256 MiB). By default every CPU tensor above 32 MiB is
-    a fresh ``mmap`` whose pages the kernel must fault in and zero, and it is unmapped again on
-    free: a distillation step on Fashion-MNIST spent about 40% of its time there (3.8 s -> 2.1 s
-    per ATOM iteration on 2 cores, benchmarks/RESULTS.md). Results are unchanged (only where the
-    memory comes from). A process-wide setting, so the command line and the benchmarks call it
-    once at start-up; library users may too. Returns ``False`` where it does not apply (not
-    glibc)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
-    return all(mallopt(opt, value) == 1 for opt, value in
-               ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 31), (m_top_pad, 1 << 28)))
 
 
 @dataclass
@@ -243,8 +180,7 @@ def stacked_forward(spec: NetSpec, in_channels: int, num_classes: int, size: tup
                     compile_it: bool) -> Callable[[dict, dict, Tensor], Tensor]:
     """``(stacked params, stacked buffers, x [M, B, ...]) -> logits [M, B, K]`` for networks of
     ``spec`` (train mode), compiled when ``compile_it``: one fused graph for all models, the same
-    values up to float rounding (on the H100 a 20-model training step took 33 instead of 89 ms,
-    benchmarks/RESULTS.md).
+    values up to float rounding (the speed-up is measured in benchmarks/RESULTS.md).
 
     Made once per architecture and shape in a process: compilation guards on the module object,
     so a new function per training run would recompile every time (and, past the compiler's

@@ -54,6 +54,8 @@ def load_whole_results(path: str, names: list[str]) -> dict[str, dict[str, Any]]
     """Whole-data results made elsewhere: csv or json rows with the five space keys (or a
     ``candidate`` name) and ``test_acc`` (``val_acc`` optional)."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"nas.whole_results {p} is a folder; give a csv or json file")
     if not p.is_file():
         raise UserError(f"nas.whole_results file {p} does not exist")
     try:

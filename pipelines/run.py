@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
 
 from distill.errors import UserError
 from distill.interrupts import Terminated, raise_terminated
-from distill.train import keep_host_memory
+from distill.runtime import keep_host_memory
 from pipelines.cli import wrapped
 from pipelines.common import check_writable
 from pipelines.jobs import JOBS

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from distill.config import from_dict, to_dict
+from distill.config import Sources, from_dict, to_dict
 from distill.datasets import get_dataset
 from distill.errors import UserError, choice_error
 from distill.methods import METHODS
@@ -116,15 +116,24 @@ def select_cells(table: Table, methods: list[str] | None, ipcs: list[int] | None
 
 
 def cell_configs(cell: Published, settings: DistillSettings, budget: Budget, data: DataConfig,
-                 iterations: int | None = None) -> list[SetConfig]:
+                 iterations: int | None = None, sources: Sources | None = None) -> list[SetConfig]:
     """The resolved distillation config of every set of a cell: seed ``s`` for set ``s``, the
     row's own settings, and the method's own iterations scaled by the budget (at least 1), or
-    ``iterations`` exactly (a point of a learning curve)."""
+    ``iterations`` exactly (a point of a learning curve). ``sources`` records where the first
+    set's values come from, under ``sets.<row>_ipc<N>``."""
     size = data.resolution or get_dataset(data.name).resolution
     row = from_dict(SetConfig, {**to_dict(SetConfig.of(cell.runs, cell.ipc, settings)), **dict(cell.settings)},
                     f"table row {cell.label}")
-    base = resolve(row, size, data.name)
+    prefix = f"sets.{cell.label}_ipc{cell.ipc}"
+    if sources is not None:
+        sources.alias(prefix, "distill")
+        for key, _ in cell.settings:
+            sources.set(f"{prefix}.{key}", f"table row {cell.label}")
+    base = resolve(row, size, data.name, sources, prefix)
     n = iterations if iterations is not None else max(1, round(base.iterations * budget.iterations))
+    if sources is not None:
+        sources.set(f"{prefix}.iterations", f"{budget.describe().split(':')[0]} ({n} of {base.iterations})")
+        sources.set(f"{prefix}.embed_epochs", budget.describe().split(":")[0])
     return [replace(base, seed=settings.seed + s, iterations=n, embed_epochs=budget.embed_epochs)
             for s in range(budget.sets)]
 

@@ -175,7 +175,7 @@ def test_cli_evaluates_several_sets_as_the_papers_do(tmp_path, digits_prep, caps
 
 _FAULTS = """
 import resource, sys, torch
-from distill.train import keep_host_memory
+from distill.runtime import keep_host_memory
 if sys.argv[1] == "keep":
     assert keep_host_memory()
 x = torch.ones(1)  # torch's own start-up faults happen before the count
@@ -192,8 +192,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_keep_host_memory_reuses_freed_large_blocks():
     """By default each 64 MiB tensor is a fresh mmap: its 16,384 4-KiB pages fault in on every
     one of the 200 fills (about 3.3 million faults; fewer with transparent huge pages). With the
-    setting the heap grows a few times (a block's pages each time, 2 to 5 times seen) and the
-    blocks are then reused."""
+    setting the heap grows a few times (a block's pages each time: 2 to 8 times seen, 8 when
+    another process loads the machine) and the blocks are then reused."""
     def faults(mode: str) -> int:
         out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parent.parent)
@@ -201,5 +201,5 @@ def test_keep_host_memory_reuses_freed_large_blocks():
 
     default, keep = faults("default"), faults("keep")
     pages = 16 * 2**20 * 4 // 4096
-    assert keep < 8 * pages, keep  # not per fill: 200 fills would be 200 * pages
+    assert keep < 20 * pages, keep  # not per fill: 200 fills would be 200 * pages
     assert default > 100 * pages, default  # at least every other fill faulted its pages in

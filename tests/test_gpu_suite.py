@@ -13,7 +13,7 @@ import torch
 
 from distill.step import chunk_classes
 from distill.nets import build_net
-from distill.train import compiled, wants_compile
+from distill.runtime import compiled, wants_compile
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "benchmarks" / "gpu_suite.py"

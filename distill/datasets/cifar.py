@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import ImageData, hwc_to_chw
+from ..data import ImageData, hwc_to_chw, no_leftovers
 from ..errors import UserError
 from . import DatasetDef, register
 
@@ -22,8 +22,9 @@ def load_cifar(name: str, root: Path, download: bool) -> ImageData:
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
+        with no_leftovers(root):
+            train = cls(str(root), train=True, download=download)
+            test = cls(str(root), train=False, download=download)
     except (RuntimeError, OSError) as exc:  # not found, corrupted, or no network
         how = (f"the download failed ({exc.__class__.__name__})" if download
                else "download is off (--set dataset.download=true fetches it)")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ImageData, hwc_to_chw
+from ..data import ImageData, hwc_to_chw, no_leftovers
 from ..errors import UserError
 from . import DatasetDef, register
 
@@ -63,8 +63,9 @@ def load_mnist_family(name: str, root: Path, download: bool) -> ImageData:
         from torchvision import datasets
 
         try:
-            for train in (True, False):
-                getattr(datasets, folder)(str(root), train=train, download=True)
+            with no_leftovers(root):
+                for train in (True, False):
+                    getattr(datasets, folder)(str(root), train=train, download=True)
         except (RuntimeError, OSError) as exc:
             raise UserError(f"{name}: the idx files are not under {root / folder / 'raw'} or {root} and the "
                             f"download failed ({exc.__class__.__name__}); put the four files in one of "
@@ -95,8 +96,9 @@ def load_svhn(root: Path, download: bool) -> ImageData:
         from torchvision import datasets
 
         try:
-            for part in files:
-                datasets.SVHN(str(root), split=part, download=True)
+            with no_leftovers(root):
+                for part in files:
+                    datasets.SVHN(str(root), split=part, download=True)
         except (RuntimeError, OSError) as exc:
             raise UserError(f"svhn: {files['train'].name} / {files['test'].name} not under {root} and the download "
                             f"failed ({exc.__class__.__name__}); put them there (--data-root)") from exc

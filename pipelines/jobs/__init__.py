@@ -114,6 +114,11 @@ class Job:
                               cls.bases(args, device), sources, cls.implied(args))
         env = Env(cache=Cache(getattr(args, "cache", None) or "artifacts", getattr(args, "force", False)),
                   device=device, run=run, out=getattr(args, "out", None), quiet=getattr(args, "quiet", False))
+        sources.set("device", f"--device {getattr(args, 'device', 'auto')}" + (" (cuda if available)" if getattr(
+            args, "device", "auto") == "auto" else ""))
+        sources.set("cache", "--cache" if getattr(args, "cache", "artifacts") != "artifacts" else "default")
+        sources.set("versions", "this installation")
+        sources.set("processes", "the torchrun environment (WORLD_SIZE)")
         return cls(config, sources, env, args)
 
     @classmethod
@@ -142,6 +147,17 @@ class Job:
         """What a run's results depend on, from its ``config.yaml`` record: the record without
         execution keys (the one overwrite policy compares these, ``pipelines.outputs``)."""
         return execution_free(record) if isinstance(record, dict) else record
+
+    def resolve_sets(self, named: dict[str, Any], size: int, dataset: str) -> dict[str, Any]:
+        """The resolved config of every set a job makes (label -> ``SetConfig``), each value's
+        source under ``sets.<label>`` (what the ``distill`` section gave, else its fill)."""
+        from distill.settings import resolve
+
+        out = {}
+        for label, cfg in named.items():
+            self.sources.alias(f"sets.{label}", "distill")
+            out[label] = resolve(cfg, size, dataset, self.sources, f"sets.{label}")
+        return out
 
     def explain(self) -> str:
         """Every value of the resolved config with its source."""

@@ -16,10 +16,9 @@ from typing import Any, Callable
 from continual.config import ContinualConfig, resolve_continual
 from distill.config import execution_free, to_dict
 from distill.datasets import quick_defaults
-from distill.errors import UserError
 from distill.methods import METHODS, get_method
 from distill.report import publish
-from distill.settings import DistillSettings, settings_for
+from distill.settings import DistillSettings, SetConfig, settings_for
 from distill.synset import SyntheticSet
 
 from ..cache import CellStore, config_key, file_digest
@@ -94,11 +93,13 @@ class ContinualJob(Job):
             if spec not in self.files:
                 get_method(spec)
         settings_for([s for s in self.specs if s not in self.files], job.distill)
+        self.set_cfgs = self.resolve_sets({s: SetConfig.of(s, self.cfg.ipc, job.distill) for s in self.specs
+                                           if s not in self.files}, self.data.image_size[0], self.data.name)
 
     def record(self) -> dict[str, Any]:
         return {"dataset": to_dict(self.config.dataset), "continual": to_dict(self.cfg),
-                "distill": to_dict(self.config.distill), **{k: v for k, v in super().record().items()
-                                                           if k in ("device", "cache", "versions")}}
+                "distill": to_dict(self.config.distill), "sets": {k: to_dict(v) for k, v in self.set_cfgs.items()},
+                **{k: v for k, v in super().record().items() if k in ("device", "cache", "versions")}}
 
     def run(self) -> int:
         from continual.protocol import benchmarks_for
@@ -129,7 +130,7 @@ class ContinualJob(Job):
             made[spec] = Memory(self.labels[spec], synset, "file:" + file_digest(spec))
         self.maker = SetMaker(job.dataset, data, self.env.device, self.env.cache, self.env.progress)
         for spec in [s for s in self.specs if s not in self.files]:
-            dcfg = self.maker.resolve(spec, cfg.ipc, job.distill)
+            dcfg = self.set_cfgs[spec]
             if is_stepwise(spec):
                 def per_order(order: int, method: str = spec, dcfg: Any = dcfg) -> SyntheticSet:
                     synset = stepwise_coreset(self.maker.prep, method, order, cfg.steps, dcfg)

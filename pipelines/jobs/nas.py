@@ -115,13 +115,16 @@ class NASJob(Job):
         self.data = job.dataset.load(quick_resolution(job.dataset.name, job.nas.space))
         self.cfg = resolve_nas(job.nas, self.data.name)
         settings_for([p.method for p in self.parsed.values() if p], job.distill)
+        self.set_cfgs = self.resolve_sets({s: p.distill_config(job.distill) for s, p in self.parsed.items() if p},
+                                          self.data.image_size[0], self.data.name)
         check_space_fits(self.space, self.data)
         self.names = [candidate_name(p) for p in grid(self.space)]
 
     def record(self) -> dict[str, Any]:
         base = super().record()
         return {"dataset": to_dict(self.config.dataset), "nas": to_dict(self.cfg), "proxies": list(self.parsed),
-                "distill": to_dict(self.config.distill), **{k: base[k] for k in ("device", "cache", "versions")}}
+                "distill": to_dict(self.config.distill), "sets": {k: to_dict(v) for k, v in self.set_cfgs.items()},
+                **{k: base[k] for k in ("device", "cache", "versions")}}
 
     def run(self) -> int:
         from nas.search import holdout, load_whole_results, without_validation, whole_condition
@@ -161,7 +164,7 @@ class NASJob(Job):
                 proxies[self.labels[spec]] = (synset, "file:" + file_digest(spec), eval_inputs(synset, data))
         for spec, p in self.parsed.items():
             if p is not None:
-                dcfg = maker.resolve(p.method, p.ipc, p.distill_config(self.config.distill))
+                dcfg = self.set_cfgs[spec]
                 synset, path, reused = maker.get(dcfg)
                 print(f"  proxy {spec}: {'reused' if reused else 'made'} {path}")
                 proxies[spec] = (synset, "buffer:" + maker.artifact(dcfg).key, eval_inputs(synset, data))

@@ -117,7 +117,8 @@ class ReproduceJob(Job):
         self.cells = select_cells(self.table, csv_items(args.methods), csv_ints("--ipc")(args.ipc))
         self.recipe = resolve_eval(job.eval, job.dataset.name)
         settings_for([c.runs for c in self.cells], job.distill)
-        self.plans = [(c, cell_configs(c, job.distill, self.budget, job.dataset)) for c in self.cells]  # config errors first
+        self.plans = [(c, cell_configs(c, job.distill, self.budget, job.dataset, sources=self.sources))
+                      for c in self.cells]  # config errors first
         self.data = job.dataset.load()
         for c, cfgs in self.plans:
             check_ipc(self.data, c.ipc, cfgs[0].factor if is_matching(c.runs) else 1)
@@ -126,6 +127,7 @@ class ReproduceJob(Job):
         base = super().record()
         return {"table": self.table.name, "budget": to_dict(self.budget), "cells": [[c.label, c.ipc] for c in self.cells],
                 "curve": self.curve, "dataset": to_dict(self.config.dataset), "distill": to_dict(self.config.distill),
+                "sets": {f"{c.label}_ipc{c.ipc}": to_dict(cfgs[0]) for c, cfgs in self.plans},
                 "eval": to_dict(self.recipe), **{k: base[k] for k in ("device", "cache", "versions")}}
 
     def run(self) -> int:
