@@ -591,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and few iterations: every part in a few "
                                                          "CPU minutes (checks that the suite runs, not speed)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of: {', '.join(PARTS)}")
-    ap.add_argument("--out", default="benchmarks/results/gpu_suite", help="report folder")
+    ap.add_argument("--out", help="report folder (default: benchmarks/results/gpu_suite; with --smoke a fresh "
+                                  "temporary folder, so a check leaves the checkout as it was)")
     a = ap.parse_args(argv)
     parts = [p.strip() for p in a.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
@@ -606,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device here; use --device cpu --smoke for the CPU check", file=sys.stderr)
         return 2
-    out = Path(a.out)
+    out = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="gpu_suite_smoke_")) if a.smoke
+                                     else Path("benchmarks/results/gpu_suite"))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -629,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             (out / "gpu_suite.json").write_text(json.dumps(res, indent=1, default=str))
             (out / "gpu_suite.md").write_text(report(res))
     text = report(res)
-    print("\n" + text)
+    print("\n" + text + f"\n\nreport: {out / 'gpu_suite.md'}, raw numbers: {out / 'gpu_suite.json'}")
     e2e_failed = any(r["exit"] not in (0, None) for r in res.get("e2e", {}).get("rows", []))
     return 1 if res["failures"] or e2e_failed else 0
 

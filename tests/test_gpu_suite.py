@@ -75,6 +75,23 @@ def test_suite_rejects_bad_input(tmp_path):
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {msg}"), r.stderr
 
 
+def test_smoke_without_out_leaves_the_checkout_clean(tmp_path):
+    """The default check (two parts, no --out): the report goes to a temporary folder it names,
+    and ``git status`` is the same before and after."""
+    def status():
+        return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], capture_output=True,
+                              text=True, cwd=ROOT).stdout
+
+    before = status()
+    r = subprocess.run([sys.executable, str(SUITE), "--device", "cpu", "--smoke", "--parts", "distill"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = Path(r.stdout.strip().splitlines()[-1].split("report: ")[1].split(",")[0])
+    assert report.is_file() and not report.is_relative_to(ROOT) and "## Distillation step" in report.read_text()
+    assert status() == before
+
+
+@pytest.mark.slow
 def test_suite_smoke_runs_every_part_on_cpu(tmp_path):
     """``--device cpu --smoke``: every part runs, the end-to-end CLI stages on fabricated CIFAR
     archives all exit 0, and the report and raw json are written."""

@@ -11,8 +11,15 @@ from distill.nets import ACTIVATIONS, ARCHS, NORMS, POOLINGS, ConvNet, build_net
 GRID = list(itertools.product([1, 2, 3, 4], [32, 64, 128, 256], ACTIVATIONS, NORMS, POOLINGS))
 
 
-def test_grid_has_720_distinct_points():
-    assert len(GRID) == 720 and len(set(GRID)) == 720
+def test_layer_choices_are_the_protocols():
+    """The NAS grid's options as docs/protocols.md section 5 writes them (4 x 4 x 3 x 5 x 3 = 720)."""
+    assert set(ACTIVATIONS) == {"sigmoid", "relu", "leakyrelu"}
+    assert set(NORMS) == {"none", "batchnorm", "layernorm", "instancenorm", "groupnorm"}
+    assert set(POOLINGS) == {"none", "maxpooling", "avgpooling"}
+    from nas.space import SPACES, grid
+
+    full = {(p["depth"], p["width"], p["act"], p["norm"], p["pool"]) for p in grid(SPACES["full"])}
+    assert full == set(GRID) and len(full) == 4 * 4 * 3 * 5 * 3
 
 
 @pytest.mark.parametrize("depth,width", list(itertools.product([1, 2, 3, 4], [32, 64, 128, 256])))

@@ -202,11 +202,43 @@ def test_config_file_errors_name_file_and_line(tmp_path, capsys, text, line, mes
     assert err.startswith(f"error: {path}:{line}") and message in err
 
 
+def _keys(cls, prefix=""):
+    """Every dotted key a config dataclass takes, walked from its fields (and, for the open
+    distillation section, every registered method's hyperparameter): independent of the writer."""
+    from distill.methods import param_table
+
+    out = set()
+    for f in dataclasses.fields(cls):
+        if f.name == getattr(cls, "OPEN_FIELD", None):
+            out |= {f"{prefix}{name}" for name in param_table()}
+        elif dataclasses.is_dataclass(f.default_factory() if callable(f.default_factory) else f.default):
+            out |= _keys(type(f.default_factory() if callable(f.default_factory) else f.default), f"{prefix}{f.name}.")
+        else:
+            out.add(f"{prefix}{f.name}")
+    return out
+
+
+def _yaml_keys(node, prefix=""):
+    return {k for key, v in node.items() for k in (_yaml_keys(v, f"{prefix}{key}.") if isinstance(v, dict) and v
+                                                     else {f"{prefix}{key}"})}
+
+
+def test_every_job_with_config_keys_has_its_documented_file():
+    from pipelines.jobs import JOBS as REGISTERED
+
+    with_keys = {name for name, job in REGISTERED.items() if dataclasses.fields(job.Config)}
+    assert with_keys == {name for name, _, _ in JOBS}
+
+
 @pytest.mark.parametrize("name, job, head", JOBS)
 def test_documented_configs_are_complete_and_load(name, job, head):
     path = CONFIG_DIR / f"{name}.yaml"
     assert path.read_text() == render(job, head), "run python pipelines/make_configs.py"
-    loaded = from_dict(type(job), yaml.safe_load(path.read_text()))
+    data = yaml.safe_load(path.read_text())
+    assert _yaml_keys(data) == _keys(type(job))  # every key, and nothing else
+    text = path.read_text()
+    assert all("  # " in line for line in text.splitlines() if line.strip().startswith(("lam:", "p_spatial:", "mmd_kernel:")))
+    loaded = from_dict(type(job), data)
     assert to_dict(loaded) == to_dict(job)
 
 
