@@ -5,7 +5,7 @@ Every rank draws the same random numbers for all classes (network re-initialisat
 batches, DSA parameters), and a class's loss depends only on its own images, so the gathered
 set equals a single-process run with the same seed up to floating-point summation order (tested).
 
-    torchrun --nproc_per_node 4 pipelines/run.py distill --buffer atom_ipc50 --out runs/atom50
+    torchrun --nproc_per_node 4 pipelines/run.py distill --named-set atom_ipc50 --out runs/atom50
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from distill.settings import NetConfig, SetConfig, resolve
 from distill.evaluate import parse_arch
 from distill.registry import import_modules
 from pipelines.common import DataConfig
+from pipelines.jobs import JOBS
 
 NEW_DATASET = '''
 import torch
@@ -104,6 +105,53 @@ register_method(Farthest())
 '''
 
 
+NEW_JOB = '''
+import argparse, json
+from dataclasses import dataclass, field
+from pathlib import Path
+from distill.files import atomic_text
+from pipelines.common import DataConfig
+from pipelines.jobs import Job, register_job
+
+
+@dataclass
+class ClassMeansConfig:
+    dataset: DataConfig = field(default_factory=DataConfig)
+
+
+class ClassMeansJob(Job):
+    name = "classmeans"
+    help = "the mean pixel of every class"
+    description = "Write the mean pixel value of every class of the training set (cached)."
+    Config = ClassMeansConfig
+    options = ("dataset", "cache", *Job.options)
+    flags = {"dataset": ("dataset.name", None)}
+    result = "classmeans.json"
+
+    def resolve(self):
+        self.data = self.config.dataset.load()
+
+    def run(self):
+        out, _ = self.open_folder("classmeans")
+        art = self.env.cache.artifact("classmeans", self.data.name,
+                                      {"dataset": self.config.dataset.identity(self.data)}, "means.json")
+
+        def make(folder):
+            x, y = self.data.train_x.float(), self.data.train_y
+            means = [float(x[y == k].mean()) for k in range(len(self.data.classes))]
+            atomic_text(art.result_path, json.dumps(means))
+            return means
+
+        means, reused = self.env.cache.get_or_make(art, make, lambda p: json.loads(p.read_text()))
+        atomic_text(out / self.result, json.dumps({"means": means}))
+        print("reused" if reused else "computed", len(means))
+        return 0
+
+
+register_job(ClassMeansJob)
+'''
+
+
 @pytest.fixture
 def plugins(tmp_path, monkeypatch):
     """A package holding one new file per registry, imported the way the toolkit imports its own."""
@@ -114,9 +162,11 @@ def plugins(tmp_path, monkeypatch):
     (pkg / "tinynet.py").write_text(NEW_ARCH)
     (pkg / "peakmatch.py").write_text(NEW_METHOD)
     (pkg / "farthest.py").write_text(NEW_SELECTION)
+    (pkg / "classmeans.py").write_text(NEW_JOB)
     monkeypatch.syspath_prepend(str(tmp_path))
     # the registries are restored afterwards
-    saved = [(reg, dict(reg)) for reg in (datasets.DATASETS, nets.ARCHS, methods.METHODS, matching.ATTENTION_MAPS)]
+    saved = [(reg, dict(reg)) for reg in (datasets.DATASETS, nets.ARCHS, methods.METHODS, matching.ATTENTION_MAPS,
+                                          JOBS)]
     names = import_modules("plugins_pkg", [str(pkg)])
     yield names
     for reg, before in saved:
@@ -127,7 +177,7 @@ def plugins(tmp_path, monkeypatch):
 
 
 def test_import_modules_imports_every_file_first_ones_first(plugins):
-    assert plugins == ["farthest", "peakmatch", "stripes", "tinynet"]
+    assert plugins == ["classmeans", "farthest", "peakmatch", "stripes", "tinynet"]
     assert import_modules("distill.methods", methods.__path__, first=("dm",))[0] == "dm"
 
 
@@ -234,3 +284,25 @@ def test_new_selection_file_is_a_leak_free_continual_memory(plugins, tmp_path, c
     out = capsys.readouterr().out
     assert "memory farthest: chosen per class order and step (no later data)" in out
     assert "| farthest |" in (tmp_path / "o" / "continual.md").read_text()
+
+
+def test_new_job_file_runs_through_the_cli_with_the_cache(plugins, tmp_path, capsys):
+    """A job from a new file is a subcommand with the shared options, its config has sources,
+    and its stage goes through the cache engine: made once, then reused."""
+    import json
+
+    from pipelines.run import main
+
+    argv = ["classmeans", "--dataset", "digits", "--cache", str(tmp_path / "c"), "--quiet"]
+    assert main([*argv, "--explain"]) == 0
+    explained = capsys.readouterr().out.splitlines()
+    assert "dataset.name: digits  # flag --dataset" in explained and "dataset.root: data  # default" in explained
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.split().count("computed") == 1
+    d = datasets.load_dataset("digits")
+    expect = [d.train_x[d.train_y == k].double().mean().item() for k in range(10)]  # brute force, in float64
+    for run in "ab":
+        got = json.loads((tmp_path / run / "classmeans.json").read_text())["means"]
+        assert got == pytest.approx(expect, rel=1e-5)
+    assert len(list((tmp_path / "c" / "classmeans").glob("digits-*/means.json"))) == 1
