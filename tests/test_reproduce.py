@@ -92,5 +92,6 @@ def test_smoke_run_matches_evaluate_and_resumes_from_cached_cells(tmp_path, caps
     assert main([*argv[:6], "random", *argv[7:], "--out", str(tmp_path / "b")]) == 2
     assert "holds the finished results of another configuration (reproduce.json)" in capsys.readouterr().err
     assert main([*argv[:6], "random", *argv[7:], "--out", str(tmp_path / "b"), "--force"]) == 0
+    assert "[cached]" in capsys.readouterr().out  # --force replaces the tables, never the cached cells
     assert [r["method"] for r in json.loads((tmp_path / "b" / "reproduce.json").read_text())["rows"]
             if r["ours_mean"] is not None] == ["random"]

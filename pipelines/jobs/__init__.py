@@ -48,6 +48,7 @@ class Env:
     run: RunContext = field(default_factory=lambda: RunContext([]))
     out: str | None = None  # None: a fresh runs/<job>-<time>/
     quiet: bool = False
+    overwrite: bool = False  # --force: the run folder's results of other work may be replaced
 
     @property
     def progress(self) -> bool:
@@ -66,6 +67,7 @@ class Job:
     option_help: ClassVar[dict[str, str]] = {}
     flags: ClassVar[dict[str, tuple[str, Any]]] = {}  # flag dest -> (dotted config key, converter | None)
     result: ClassVar[str] = ""  # the file that marks its finished results in the run folder
+    force_remakes: ClassVar[bool] = True  # --force also remakes the cached stages (not for reproduce)
 
     def __init__(self, config: Any, sources: Sources | None = None, env: Env | None = None,
                  args: argparse.Namespace | None = None):
@@ -112,8 +114,10 @@ class Job:
         sources = Sources()
         config = build_config(cls.Config, getattr(args, "config", None), getattr(args, "set", None), flags,
                               cls.bases(args, device), sources, cls.implied(args))
-        env = Env(cache=Cache(getattr(args, "cache", None) or "artifacts", getattr(args, "force", False)),
-                  device=device, run=run, out=getattr(args, "out", None), quiet=getattr(args, "quiet", False))
+        force = getattr(args, "force", False)
+        env = Env(cache=Cache(getattr(args, "cache", None) or "artifacts", force and cls.force_remakes),
+                  device=device, run=run, out=getattr(args, "out", None), quiet=getattr(args, "quiet", False),
+                  overwrite=force)
         sources.set("device", f"--device {getattr(args, 'device', 'auto')}" + (" (cuda if available)" if getattr(
             args, "device", "auto") == "auto" else ""))
         sources.set("cache", "--cache" if getattr(args, "cache", "artifacts") != "artifacts" else "default")
@@ -168,7 +172,7 @@ class Job:
         and whether it already holds the finished results of this same work."""
         out = self.env.run.folder_for(self.env.out, stem)
         record = self.record()
-        same = earlier_results(out, record, self.result, self.env.cache.force, self.identity) if self.result else False
+        same = earlier_results(out, record, self.result, self.env.overwrite, self.identity) if self.result else False
         write_yaml(out / "config.yaml", record, self.sources)
         return out, same
 

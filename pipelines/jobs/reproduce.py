@@ -69,6 +69,7 @@ class ReproduceJob(Job):
                             "and reused)"}
     flags = {"data_root": ("dataset.root", None), "seed": ("distill.seed", None)}
     result = "reproduce.json"
+    force_remakes = False  # --force replaces the tables only; the cached sets and cells are kept
 
     @classmethod
     def add_parser(cls, sub: Any) -> argparse.ArgumentParser:
