@@ -51,7 +51,7 @@ def write_tables(rows: list[dict[str, Any]], columns: list[str], out_dir: str | 
     return paths
 
 
-def figure(size: tuple[float, float], ncols: int = 1) -> tuple[Any, Any]:
+def figure(size: tuple[float, float], ncols: int = 1, dpi: int = 120) -> tuple[Any, Any]:
     """A matplotlib figure and its axes (a list of ``ncols`` when above 1), drawn off-screen
     (Agg), for the report plots."""
     import matplotlib
@@ -59,15 +59,16 @@ def figure(size: tuple[float, float], ncols: int = 1) -> tuple[Any, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=size, dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=size, dpi=dpi, squeeze=False)
     return fig, (list(axes[0]) if ncols > 1 else axes[0][0])
 
 
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Lay out, write and close ``fig``; returns the path."""
+def save_figure(fig: Any, path: str | Path, tight: bool = True) -> Path:
+    """Lay out (``tight``: matplotlib's tight layout), write and close ``fig``; returns the path."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)

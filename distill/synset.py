@@ -270,22 +270,10 @@ class SyntheticSet:
             Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(d / f"{i:04d}.png")
         return folder
 
-    def save_grid(self, path: str | os.PathLike[str], max_per_class: int = 10,
-                  upscale_to: int = 32) -> Path:
-        """A PNG grid: one row per class, up to ``max_per_class`` images each."""
-        from torchvision.utils import save_image
+    def save_grid(self, path: str | os.PathLike[str], max_per_class: int = 10) -> Path:
+        """The titled picture of the set (``distill.grid``): each class's stored images under its
+        name, up to ``max_per_class`` (the number shown is stated when not all)."""
+        from .grid import describe, save_grid
 
-        rows = []
-        pix = self.to_pixels()
-        per = min(max_per_class, max(1, self.ipc))
-        for k in range(self.num_classes):
-            imgs = pix[self.labels.cpu() == k][:per]
-            if len(imgs) < per:
-                imgs = torch.cat([imgs, torch.ones(per - len(imgs), *pix.shape[1:])])
-            rows.append(imgs)
-        grid = torch.cat(rows)
-        if grid.shape[-1] < upscale_to:
-            f = upscale_to // grid.shape[-1]
-            grid = grid.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
-        return atomic_write(path, lambda tmp: save_image(grid, str(tmp), nrow=per, padding=2, pad_value=1.0,
-                                                         format="png"))
+        return save_grid(path, self.to_pixels(), self.labels, self.class_names,
+                         describe(self.meta, self.factor, self.ipc), self.ipc, max_per_class)

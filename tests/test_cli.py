@@ -141,3 +141,45 @@ def test_evaluate_trains_the_papers_20_networks_on_a_gpu_unless_told(tmp_path):
     cfg.write_text("eval:\n  models: 3\n")
     assert models("cuda", config=str(cfg)) == 3 and models("cuda", flag=7) == 7
     assert models("cuda", sets=["eval.models=2"]) == 2
+
+
+def test_ctrl_c_before_any_checkpoint_keeps_the_work(tmp_path):
+    """A real `run.py distill` process gets SIGINT at iteration N, long before its first periodic
+    checkpoint: it writes a checkpoint of iteration N, says it will continue from N, exits 130;
+    the same command then continues (its run record appended) and gives exactly the set of an
+    uninterrupted run."""
+    import re
+    import signal
+    import time
+
+    common = ["distill", "--dataset", "digits", "--method", "atom", "--ipc", "2", "--set", "distill.iterations=60",
+              "--set", "distill.net.width=16", "--set", "distill.batch_real=16", "--set", "distill.checkpoint_every=0",
+              "--set", "distill.checkpoint_minutes=60"]
+    argv = [*common, "--out", str(tmp_path / "run")]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:  # the child starts with SIGINT at its default, as from a terminal
+        proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "run.py"), *argv], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = [int(n) for n in re.findall(r"\| (\d+)/60 ", log.read_text())]
+            if done and 3 <= max(done) < 50:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    text = log.read_text()
+    hint = re.search(r"interrupted; run the same command again to continue \(from iteration (\d+)\)", text)
+    assert hint, text[-500:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == int(hint.group(1)) >= 3
+    assert not (tmp_path / "run" / "synset.pt").exists()
+
+    assert main([*argv, "--quiet"]) == 0  # the same command: continues
+    timings = json.loads((tmp_path / "run" / "timings.json").read_text())
+    assert timings["exit_code"] == 0 and [a["exit_code"] for a in timings["attempts"]] == [130]
+    assert (tmp_path / "run" / "run.log").read_text().count("distilling digits") == 2
+    assert main([*common, "--out", str(tmp_path / "whole"), "--quiet"]) == 0
+    resumed, whole = (SyntheticSet.load(tmp_path / d / "synset.pt") for d in ("run", "whole"))
+    assert torch.equal(resumed.images, whole.images)

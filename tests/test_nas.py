@@ -333,8 +333,10 @@ def test_cli_nas_two_worker_processes(tmp_path):
     assert [r["candidates"] for r in rows] == [4, 4]
 
 
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
-                                                 (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize("signum, code, word", [
+    (signal.SIGINT, 130, "interrupted"),
+    pytest.param(signal.SIGTERM, 143, "terminated", marks=pytest.mark.slow),  # the same path; SIGINT runs by default
+])
 def test_interrupting_the_nas_process_alone_stops_its_workers(tmp_path, signum, code, word):
     """SIGINT (`kill -INT`, not a terminal's Ctrl-C, which reaches every process of the group) or
     SIGTERM (a batch scheduler's stop, `kill`) to `run.py nas --workers 2` alone: the command exits

@@ -59,8 +59,8 @@ def test_npz_and_png_exports(tmp_path):
     assert folders == ["000_c0", "001_c1", "002_c2"]
     img = np.asarray(Image.open(tmp_path / "png" / "001_c1" / "0001.png"))
     assert np.array_equal(img, pix[3, :, :, 0])
-    grid = s.save_grid(tmp_path / "grid.png")
-    assert Image.open(grid).size[0] > 0
+    grid = Image.open(s.save_grid(tmp_path / "grid.png"))
+    assert grid.size[0] >= 480 and grid.size[1] > 3 * 40  # titled, every class a row of blocks
 
 
 def test_rejects_bad_files(tmp_path):
@@ -100,3 +100,48 @@ def test_never_executes_code_from_a_file(tmp_path):
     path.write_bytes(pickle.dumps([1, 2]))
     with pytest.raises(UserError):
         SyntheticSet.load(path)
+
+
+@pytest.mark.parametrize("classes, ipc, size", [(10, 1, 28), (10, 10, 28), (100, 1, 32), (100, 10, 32),
+                                                (10, 20, 8), (200, 50, 64), (3, 1, 8)])
+def test_grid_layout_is_readable_at_every_ipc(classes, ipc, size):
+    """Every class has a block of the same number of images (all of them, or the stated first
+    ones), images are at least 40 screen pixels, and the picture is neither a strip nor a tower."""
+    from distill.grid import MAX_IMAGES, layout, shown
+
+    lay = layout(classes, ipc, size)
+    assert lay.per == max(1, min(ipc, 10, MAX_IMAGES // classes))
+    assert lay.cols * lay.rows >= classes > (lay.rows - 1) * lay.cols  # no empty row of blocks
+    assert lay.per_row * lay.block_rows >= lay.per and lay.cell >= 40 and lay.cell % size == 0
+    w, h = lay.size
+    if classes >= 10:
+        assert 0.5 <= w / h <= 2.5, (w, h)
+    assert ("per class shown" in shown("t", lay.per, ipc)) == (lay.per < ipc)
+
+
+def test_grid_mosaic_puts_each_class_in_its_block():
+    from distill.grid import GAP, LABEL, PAD, layout, mosaic
+
+    k, ipc, size = 7, 3, 8
+    pix = torch.rand(k * ipc, 1, size, size, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(k).repeat_interleave(ipc)
+    lay = layout(k, ipc, size)
+    img = mosaic(pix, labels, k, lay)
+    assert img.shape == (lay.size[1], lay.size[0], 3)
+    for c in range(k):
+        for i in range(ipc):  # brute force: where image i of class c must be, enlarged, grey in every channel
+            bx = (c % lay.cols) * (lay.per_row * (lay.cell + PAD) - PAD + GAP)
+            by = (c // lay.cols) * (LABEL + lay.block_rows * (lay.cell + PAD) - PAD + GAP) + LABEL
+            x, y = bx + (i % lay.per_row) * (lay.cell + PAD), by + (i // lay.per_row) * (lay.cell + PAD)
+            want = pix[c * ipc + i, 0].numpy().repeat(lay.scale, 0).repeat(lay.scale, 1)
+            for ch in range(3):
+                assert np.array_equal(img[y : y + lay.cell, x : x + lay.cell, ch], want)
+
+
+def test_grid_title_names_the_set():
+    from distill.grid import describe
+
+    assert describe({"dataset": "fashionmnist", "method": "atom", "iterations": 500}, 1, 10) == \
+        "fashionmnist · atom · IPC 10 · 500 iterations"
+    assert describe({"dataset": "digits", "method": "herding", "iterations": 0}, 1, 5) == "digits · herding · IPC 5"
+    assert "multi-formation factor 2 (4 images in each)" in describe({"method": "dm", "dataset": "x"}, 2, 1)
