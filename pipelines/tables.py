@@ -170,9 +170,14 @@ def plot_table(rows: list[dict[str, Any]], title: str, path: Path) -> Path:
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left")
+    handles: dict[str, Any] = {}
+    for ax in axes:  # one legend for every panel, below them (never over a bar)
+        for h, lb in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lb, h)
     fig.suptitle(textwrap.fill(title, 110), fontsize=9)
-    return save_figure(fig, path)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    return save_figure(fig, path, tight=False)
 
 
 def plot_curves(points: list[dict[str, Any]], published: dict[tuple[str, int], float], title: str,
