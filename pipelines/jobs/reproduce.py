@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,7 +74,8 @@ class ReproduceJob(Job):
 
     @classmethod
     def add_parser(cls, sub: Any) -> argparse.ArgumentParser:
-        cls.examples = (*(f"budget {b.name:6s} {b.describe().split(': ', 1)[1]}" for b in BUDGETS.values()),
+        cls.examples = (*(textwrap.fill(f"budget {b.name:6s} {b.describe().split(': ', 1)[1]}", 96,
+                                        subsequent_indent=" " * 16) for b in BUDGETS.values()),
                         "python pipelines/run.py reproduce --table fashionmnist --budget smoke "
                         "--data-root /usr/share/datasets/fashion-mnist",
                         "python pipelines/run.py reproduce --table fashionmnist --budget cpu --ipc 10 "
