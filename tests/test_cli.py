@@ -183,3 +183,23 @@ def test_ctrl_c_before_any_checkpoint_keeps_the_work(tmp_path):
     assert main([*common, "--out", str(tmp_path / "whole"), "--quiet"]) == 0
     resumed, whole = (SyntheticSet.load(tmp_path / d / "synset.pt") for d in ("run", "whole"))
     assert torch.equal(resumed.images, whole.images)
+
+
+def test_distill_keeps_snapshots_that_equal_shorter_runs(tmp_path, capsys):
+    """--set distill.snapshots=[2,4]: snapshots/2 and snapshots/4 hold the sets after 2 and 4 of
+    6 iterations, each equal to a run of that length; a snapshot past the end is an error."""
+    common = ["distill", "--dataset", "digits", "--method", "atom", "--ipc", "2", "--set", "distill.net.width=16",
+              "--set", "distill.batch_real=16", "--quiet"]
+    assert main([*common, "--set", "distill.iterations=6", "--set", "distill.snapshots=[2,4]",
+                 "--out", str(tmp_path / "long")]) == 0
+    assert sorted(p.name for p in (tmp_path / "long" / "snapshots").iterdir()) == ["2", "4"]
+    for n in (2, 4):
+        assert main([*common, "--set", f"distill.iterations={n}", "--out", str(tmp_path / f"short{n}")]) == 0
+        snap = SyntheticSet.load(tmp_path / "long" / "snapshots" / str(n) / "synset.pt")
+        short = SyntheticSet.load(tmp_path / f"short{n}" / "synset.pt")
+        assert torch.equal(snap.images, short.images) and snap.meta["iterations"] == n
+    assert not torch.equal(snap.images, SyntheticSet.load(tmp_path / "long" / "synset.pt").images)
+    capsys.readouterr()
+    code, err = _err(capsys, [*common, "--set", "distill.iterations=3", "--set", "distill.snapshots=[5]",
+                              "--out", str(tmp_path / "bad")])
+    assert code == 2 and err == ["error: distill.snapshots [5] lie beyond distill.iterations (3)"]

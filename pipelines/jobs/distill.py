@@ -96,6 +96,12 @@ class DistillJob(Job):
         self.data: ImageData = self.config.dataset.load()
         self.cfg = resolve(self.config.distill, self.data.image_size[0], self.data.name, self.sources)
         check_ipc(self.data, self.cfg.ipc, self.cfg.factor if is_matching(self.cfg.method) and self.cfg.init != "noise" else 1)
+        late = [n for n in self.cfg.snapshots or [] if n > self.cfg.iterations]
+        if late:
+            raise UserError(f"distill.snapshots {late} lie beyond distill.iterations ({self.cfg.iterations})")
+        if self.cfg.snapshots and (self.dist.active or self.args.named_set):
+            raise UserError("distill.snapshots are kept by a plain distill run (not under torchrun, not for a named "
+                            "set: reproduce --curve keeps those)")
 
     def record(self) -> dict[str, Any]:
         return {"dataset": to_dict(self.config.dataset), "distill": to_dict(self.cfg), "device": str(self.env.device),
@@ -140,7 +146,7 @@ class DistillJob(Job):
         extra = {"data_config": to_dict(self.config.dataset), **({"processes": d.world} if shard is not None else {})}
         synset = distill(prepare(self.data, self.config.dataset.zca, self.env.device), cfg, checkpoint=ckpt,
                          resume=not self.env.cache.force, progress=self.env.progress and lead, shard=shard,
-                         extra_meta=extra)
+                         extra_meta=extra, on_snapshot=lambda it, s, _state: self.snapshot(out, it, s))
         if shard is not None:
             synset = synset.with_images(scaleout.gather_shards(synset.images, self.data.num_classes, cfg.ipc, d,
                                                                self.env.device))
@@ -149,6 +155,15 @@ class DistillJob(Job):
             self.summary(synset, out, f"in {synset.meta.get('seconds', 0):.1f} s")
         ckpt.unlink(missing_ok=True)
         return 0
+
+    @staticmethod
+    def snapshot(out: Any, iteration: int, synset: SyntheticSet) -> None:
+        """``distill.snapshots``: the set after ``iteration`` iterations in
+        ``snapshots/<iteration>/`` (synset.pt and grid.png), for learning curves."""
+        folder = out / "snapshots" / str(iteration)
+        folder.mkdir(parents=True, exist_ok=True)
+        synset.save(folder / "synset.pt")
+        synset.save_grid(folder / "grid.png")
 
     def summary(self, synset: SyntheticSet, out: Any, how: str) -> None:
         path, grid = synset.save(out / "synset.pt"), synset.save_grid(out / "grid.png")
