@@ -18,7 +18,7 @@ from torch import Tensor
 
 from distill.errors import UserError
 from distill.files import atomic_save
-from distill.multiformation import decode
+from distill.multiformation import decode, decode_labels
 from distill.synset import SyntheticSet
 
 from .benchmark import classification_dataset
@@ -53,38 +53,43 @@ def check_memory(synset: SyntheticSet, dataset: str, num_classes: int,
                         f"continual.ipc={have[0]}")
 
 
-def memory_for(synset: SyntheticSet, classes: list[int], ipc: int) -> tuple[Tensor, Tensor]:
+def memory_for(synset: SyntheticSet, classes: list[int], ipc: int) -> tuple[Tensor, Tensor, Tensor | None]:
     """The memory of a step: the training images of exactly ``ipc`` stored images of each class
     in ``classes`` (in that order; ``ipc * factor^2`` decoded ones for a multi-formation set) and
-    nothing else, as ``(images, labels)``."""
-    xs, ys = [], []
+    nothing else, as ``(images, labels, soft labels or None)``."""
+    xs, ys, ss = [], [], []
     for c in classes:
-        stored = synset.class_images(int(c))
+        mask = synset.labels == int(c)
+        stored = synset.images[mask]
         if len(stored) != ipc:
             raise UserError(f"class {c} has {len(stored)} images in the synthetic set, the memory needs {ipc}")
         imgs = decode(stored, synset.factor)
         xs.append(imgs)
         ys.append(torch.full((len(imgs),), int(c), dtype=torch.long, device=imgs.device))
+        if synset.soft_labels is not None:
+            ss.append(decode_labels(synset.soft_labels[mask.to(synset.soft_labels.device)], synset.factor))
     if not xs:
-        return synset.images[:0], synset.labels[:0]
-    return torch.cat(xs), torch.cat(ys)
+        return synset.images[:0], synset.labels[:0], None
+    return torch.cat(xs), torch.cat(ys), torch.cat(ss) if ss else None
 
 
 class SyntheticMemory(ExemplarsBuffer):
     """Avalanche storage policy whose memory is a SyntheticSet's buffers of the classes seen so far.
 
     Plug it into ``ReplayPlugin(mem_size=m.max_size, storage_policy=m)`` or set it as
-    ``GDumbPlugin.storage_policy``. ``tensors`` holds the same memory as ``(x, y)`` tensors."""
+    ``GDumbPlugin.storage_policy``. ``tensors`` holds the same memory as ``(x, y)`` tensors, and
+    ``soft`` its soft labels (None for a hard-label set; Avalanche's buffer carries the hard ones)."""
 
     def __init__(self, synset: SyntheticSet, ipc: int = 20, max_size: int | None = None,
                  device: torch.device | str | None = None):
         self.per_class = ipc * synset.factor * synset.factor  # training images per class
         super().__init__(max_size if max_size is not None else synset.num_classes * self.per_class)
-        self.synset = synset if device is None else replace(synset, images=synset.images.to(device),
-                                                            labels=synset.labels.to(device))
+        self.synset = synset if device is None else replace(
+            synset, images=synset.images.to(device), labels=synset.labels.to(device),
+            soft_labels=None if synset.soft_labels is None else synset.soft_labels.to(device))
         self.ipc = ipc
         self.classes: list[int] = []
-        self.tensors: tuple[Tensor, Tensor] = memory_for(self.synset, [], ipc)
+        self.set_classes([])
 
     def update(self, strategy: Any, **kwargs: Any) -> None:
         """What ``GDumbPlugin`` calls (Avalanche 0.6's deprecated path): same as ``post_adapt``."""
@@ -99,8 +104,8 @@ class SyntheticMemory(ExemplarsBuffer):
             raise UserError(f"{len(classes)} classes x {self.per_class} images exceed the memory size "
                             f"{self.max_size}; give max_size >= {len(classes) * self.per_class}")
         self.classes = list(classes)
-        self.tensors = memory_for(self.synset, self.classes, self.ipc)
-        x, y = self.tensors
+        x, y, self.soft = memory_for(self.synset, self.classes, self.ipc)
+        self.tensors: tuple[Tensor, Tensor] = (x, y)
         self.buffer = classification_dataset(x.cpu(), y.cpu())
 
     def resize(self, strategy: Any, new_size: int) -> None:
@@ -113,12 +118,20 @@ def export_buffers(synset: SyntheticSet, path: str | os.PathLike[str]) -> Path:
     """Write the per-class buffers for other continual-learning code: a ``weights_only``
     ``.pt`` with ``buffers`` (class id -> float ``[ipc, C, H, W]`` in network-input space; the
     decoded ``ipc * factor^2`` training images of a multi-formation set), ``class_names``,
-    ``preprocess`` and ``meta`` (README: "Using buffers in other CL code")."""
+    ``preprocess`` and ``meta`` (README: "Using buffers in other CL code"); a soft-label set adds
+    ``soft_labels`` (class id -> ``[ipc, K]``, decoded alike) and ``soft_temperature``, a learned
+    rate ``lr``."""
     labels = synset.labels.cpu()
-    buffers = {int(k): synset.decoded_class(k).detach().cpu().contiguous()
-               for k in range(synset.num_classes) if bool((labels == k).any())}
+    present = [k for k in range(synset.num_classes) if bool((labels == k).any())]
+    buffers = {int(k): synset.decoded_class(k).detach().cpu().contiguous() for k in present}
     state = synset.state()
     blob = {"format": BUFFERS_FORMAT, "version": 1, "buffers": buffers,
             "class_names": state["class_names"], "preprocess": state["preprocess"], "meta": state["meta"]}
+    if synset.soft_labels is not None:
+        soft = synset.soft_labels.cpu()
+        blob["soft_labels"] = {int(k): decode_labels(soft[labels == k], synset.factor).contiguous() for k in present}
+        blob["soft_temperature"] = float(synset.soft_temperature)
+    if synset.lr is not None:
+        blob["lr"] = float(synset.lr)
     atomic_save(blob, path)
     return Path(path)

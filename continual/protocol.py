@@ -87,7 +87,8 @@ def run_memory(
             buffers.post_adapt(None, exp)
             x, y = buffers.tensors
             gen = torch.Generator(device=dev).manual_seed(cell_seed(cfg.seed, order, step))
-            group = train_group(spec, int(cfg.models or 1), x, y, k, cfg, gen, ens)
+            group = train_group(spec, int(cfg.models or 1), x, y if buffers.soft is None else buffers.soft, k, cfg,
+                                gen, ens, temperature=synset.soft_temperature)
             seen = torch.tensor(buffers.classes, device=dev)
             mask = torch.isin(test_y, seen)
             accs = group.accuracies(test_x[mask], test_y[mask])

@@ -101,6 +101,20 @@ def resolve_eval(cfg: TrainRecipe, dataset: str | None = None) -> TrainRecipe:
     return replace(cfg, epochs=epochs, archs=expand_archs(cfg.archs))
 
 
+def set_recipe(cfg: TrainRecipe, synset: SyntheticSet) -> TrainRecipe:
+    """The recipe a set is evaluated with: ``cfg``, with the set's learned training rate where it
+    has one (MTT's and DATM's evaluation trains with ``lr_best``)."""
+    return cfg if synset.lr is None else replace(cfg, lr=float(synset.lr))
+
+
+def labels_used(synset: SyntheticSet) -> str:
+    """How networks are trained on the set, for reports: hard labels, or soft labels (the loss
+    and temperature), and a learned rate."""
+    text = "hard labels" if synset.soft_labels is None else \
+        f"soft labels (T^2 KL at temperature {synset.soft_temperature:g})"
+    return text + (f", learned lr {synset.lr:g}" if synset.lr is not None else "")
+
+
 def evaluate_set(
     synset: SyntheticSet,
     test_x: Tensor,
@@ -113,9 +127,11 @@ def evaluate_set(
     """Train ``cfg.models`` networks per architecture on ``synset`` and test on ``(test_x,
     test_y)`` (already in the set's input space, see :func:`eval_inputs`). ``set_index``
     (the set's place in a multi-set evaluation) offsets the networks' seeds, so that every set
-    gets its own networks; set 0 keeps the single-set seeds."""
+    gets its own networks; set 0 keeps the single-set seeds. A soft-label set trains on its soft
+    labels, and a set with a learned rate (``synset.lr``) with that rate (:func:`set_recipe`)."""
     dev = torch.device(device)
-    x, y = (t.to(dev) for t in synset.decoded())
+    cfg = set_recipe(cfg, synset)
+    x, y = synset.decoded()[0].to(dev), synset.targets().to(dev)
     test_x, test_y = test_x.to(dev), test_y.to(dev)
     size = (x.shape[2], x.shape[3])
     results = []
@@ -125,7 +141,8 @@ def evaluate_set(
         ens = use_ensemble(cfg, spec, x.shape[1], synset.num_classes, size, dev, name=token)
         t0 = time.perf_counter()
         group = train_group(spec, cfg.models, x, y, synset.num_classes, cfg, gen, ens, progress,
-                            desc=f"{token} x{cfg.models}{' (ensembled)' if ens else ''}")
+                            desc=f"{token} x{cfg.models}{' (ensembled)' if ens else ''}",
+                            temperature=synset.soft_temperature)
         accs = group.accuracies(test_x, test_y)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

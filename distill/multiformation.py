@@ -37,8 +37,9 @@ def decode(x: Tensor, factor: int) -> Tensor:
 
 
 def decode_labels(labels: Tensor, factor: int) -> Tensor:
-    """The label of every decoded image: each stored label ``f^2`` times, in decode order."""
-    return labels.repeat_interleave(factor * factor) if factor > 1 else labels
+    """The label of every decoded image: each stored label (a class id, or a row of soft labels)
+    ``f^2`` times, in decode order."""
+    return labels.repeat_interleave(factor * factor, dim=0) if factor > 1 else labels
 
 
 def mix(images: Tensor, factor: int) -> Tensor:

@@ -18,6 +18,14 @@ strings, so ``torch.load(path, weights_only=True)`` reads it and never runs code
                 holds ``factor x factor`` patches, decoded into ``factor^2`` training images;
                 absent means 1. A file with a factor above 1 is version 2 (older readers refuse
                 it instead of training on the stored mosaics).
+``soft_labels`` optional float ``[N, K]``: one target distribution per stored image (rows
+                non-negative, summing to 1; ``labels`` stays the class each image was made
+                for, which per-class consumers such as continual memories use). Networks then train on
+                them with the soft loss of docs/protocols.md section 3 (temperature
+                ``soft_temperature``, optional float, default 1).
+``lr``          optional float: a learned training learning rate (MTT / DATM ``lr_best``) that
+                evaluation uses instead of the recipe's.
+                A file with soft labels or a learned rate is version 3.
 =============== ==============================================================================
 
 A SyntheticSet is immutable: what identifies it (its metadata) is given when it is made;
@@ -43,7 +51,8 @@ from .multiformation import check_factor, decode, decode_labels
 from .preprocess import Preprocess
 
 FORMAT = "attention-distill/synthetic-set"
-VERSION = 2  # the newest this toolkit reads and writes; a set without version-2 fields is written as 1
+VERSION = 3  # the newest this toolkit reads and writes; each file is written with the lowest version its fields need
+SOFT_TOLERANCE = 1e-3  # how far a soft-label row may sum from 1
 REQUIRED_KEYS = ("format", "version", "images", "labels", "class_names", "preprocess", "meta")
 
 
@@ -82,6 +91,9 @@ class SyntheticSet:
     preprocess: Preprocess
     meta: dict[str, Any] = field(default_factory=dict)
     factor: int = 1
+    soft_labels: Tensor | None = None  # [N, K] target distributions, or None (hard labels)
+    soft_temperature: float = 1.0
+    lr: float | None = None  # a learned training learning rate, or None (the recipe's)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +127,7 @@ class SyntheticSet:
             raise UserError(f"synthetic set: labels must lie in [0, {k}), found "
                             f"[{int(lab.min())}, {int(lab.max())}]")
         check_factor(self.factor, img.shape[2], img.shape[3])
+        self._validate_soft(k)
         c, pre = img.shape[1], self.preprocess
         if pre.mean.numel() != c or pre.std.numel() != c:
             raise UserError(f"synthetic set: preprocess mean/std have {pre.mean.numel()} "
@@ -128,6 +141,25 @@ class SyntheticSet:
                 raise UserError(f"synthetic set: ZCA matrix must be {d}x{d} with its inverse")
             if pre.zca_mean is None or pre.zca_mean.numel() != d:
                 raise UserError(f"synthetic set: ZCA mean must have {d} values (one per pixel and channel)")
+
+    def _validate_soft(self, k: int) -> None:
+        soft = self.soft_labels
+        if soft is not None:
+            if not isinstance(soft, Tensor) or soft.dim() != 2 or not soft.is_floating_point() \
+                    or tuple(soft.shape) != (len(self.labels), k):
+                raise UserError(f"synthetic set: soft_labels must be a float [{len(self.labels)}, {k}] tensor "
+                                f"(one distribution over the classes per image), got "
+                                f"{getattr(soft, 'dtype', type(soft))} {tuple(getattr(soft, 'shape', ()))}")
+            if not bool(torch.isfinite(soft).all()) or bool((soft < 0).any()) \
+                    or float((soft.sum(1) - 1).abs().max()) > SOFT_TOLERANCE:
+                raise UserError("synthetic set: every soft_labels row must be non-negative and sum to 1 "
+                                "(probabilities, not logits)")
+        t = self.soft_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < float(t) < float("inf")):
+            raise UserError(f"synthetic set: soft_temperature must be a positive number, got {t!r}")
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not (0 < float(self.lr) < float("inf"))):
+            raise UserError(f"synthetic set: lr must be a positive number, got {self.lr!r}")
 
     # -- access ----------------------------------------------------------------------------
     @property
@@ -157,6 +189,15 @@ class SyntheticSet:
         multi-formation factor (the stored ones themselves at factor 1)."""
         return decode(self.images, self.factor), decode_labels(self.labels, self.factor)
 
+    def targets(self) -> Tensor:
+        """What networks train towards, per decoded image: the soft labels ``[N * f^2, K]`` of a
+        soft-label set, else the class ids ``[N * f^2]``."""
+        return decode_labels(self.soft_labels if self.soft_labels is not None else self.labels, self.factor)
+
+    def hard(self) -> "SyntheticSet":
+        """The same images with hard labels only (DD-Ranking's hard-label evaluation)."""
+        return replace(self, soft_labels=None, soft_temperature=1.0)
+
     def decoded_class(self, k: int) -> Tensor:
         """The training images of class ``k`` (decoded)."""
         return decode(self.class_images(k), self.factor)
@@ -165,7 +206,8 @@ class SyntheticSet:
         """The set restricted to the given classes (labels unchanged)."""
         cls = torch.as_tensor(list(classes) if not isinstance(classes, Tensor) else classes)
         mask = torch.isin(self.labels.cpu(), cls.cpu()).to(self.labels.device)
-        return replace(self, images=self.images[mask], labels=self.labels[mask])
+        soft = None if self.soft_labels is None else self.soft_labels[mask.to(self.soft_labels.device)]
+        return replace(self, images=self.images[mask], labels=self.labels[mask], soft_labels=soft)
 
     def to_pixels(self, decoded: bool = False) -> Tensor:
         """The stored images (or, with ``decoded``, the training images) mapped back to [0, 1]
@@ -189,6 +231,11 @@ class SyntheticSet:
         }
         if self.factor != 1:
             blob.update(version=2, factor=int(self.factor))
+        if self.soft_labels is not None:
+            blob.update(version=3, soft_labels=self.soft_labels.detach().float().cpu().contiguous(),
+                        soft_temperature=float(self.soft_temperature))
+        if self.lr is not None:
+            blob.update(version=3, lr=float(self.lr))
         return blob
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -225,7 +272,9 @@ class SyntheticSet:
         try:
             return SyntheticSet(images=blob["images"], labels=blob["labels"],
                                 class_names=list(blob["class_names"]),
-                                preprocess=Preprocess.from_state(pre), meta=dict(blob["meta"]), factor=factor)
+                                preprocess=Preprocess.from_state(pre), meta=dict(blob["meta"]), factor=factor,
+                                soft_labels=blob.get("soft_labels"), soft_temperature=blob.get("soft_temperature", 1.0),
+                                lr=blob.get("lr"))
         except UserError as exc:  # name the file
             raise UserError(f"{source}: {exc}") from None
 
@@ -237,13 +286,19 @@ class SyntheticSet:
     # -- exports ---------------------------------------------------------------------------
     def export_npz(self, path: str | os.PathLike[str]) -> Path:
         """``images`` (network space, float32 NCHW), ``pixels`` (uint8 NHWC), ``labels``,
-        ``class_names`` and the preprocessing arrays, readable with ``numpy.load``. Images are
+        ``class_names``, the preprocessing arrays (and ``soft_labels``, ``soft_temperature``,
+        ``lr`` where the set has them), readable with ``numpy.load``. Images are
         the training images (decoded from a multi-formation set: what other code consumes)."""
         images, labels = self.decoded()
         pix = (self.to_pixels(decoded=True) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         pre = {f"preprocess_{k}": v.numpy() for k, v in self.preprocess.state().items() if v is not None}
         arrays = dict(images=images.detach().cpu().numpy(), pixels=pix, labels=labels.cpu().numpy(),
                       class_names=np.array(self.class_names), **pre)
+        if self.soft_labels is not None:
+            arrays.update(soft_labels=self.targets().detach().cpu().numpy(),
+                          soft_temperature=np.float32(self.soft_temperature))
+        if self.lr is not None:
+            arrays["lr"] = np.float32(self.lr)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:  # a file object: numpy would append ".npz" to a temporary name

@@ -234,10 +234,12 @@ def train_group(
     progress: bool = False,
     desc: str = "",
     max_steps: int | None = None,
+    temperature: float = 1.0,
 ) -> ModelGroup:
     """Train ``n_models`` fresh networks of ``spec`` on ``(x, y)`` with the evaluation recipe;
     ``max_steps`` stops after that many SGD steps (early stopping; the LR schedule still spans
-    ``cfg.epochs``)."""
+    ``cfg.epochs``). ``y`` holds class ids ``[N]`` (cross-entropy) or soft labels ``[N, K]``
+    (:func:`soft_loss` at ``temperature``; docs/protocols.md section 3)."""
     from tqdm import tqdm
 
     dev = x.device
@@ -256,6 +258,7 @@ def train_group(
              for n in nets])
     epochs = int(cfg.epochs if cfg.epochs is not None else 1000)
     n = len(x)
+    soft = y.is_floating_point()
     steps = 0
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         for opt in opts:
@@ -274,17 +277,31 @@ def train_group(
             if ensemble:
                 logits = stacked(group.params, group.buffers, xb)
                 # sum of the models' mean losses: each model gets exactly its own gradient
-                loss = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum") / idx.shape[1]
+                loss = (soft_loss(logits.flatten(0, 1), yb.flatten(0, 1), temperature, "sum") if soft else
+                        F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum")) / idx.shape[1]
                 opts[0].zero_grad(set_to_none=True)
                 loss.backward()
                 opts[0].step()
             else:
                 for m, net in enumerate(nets):
-                    loss = F.cross_entropy(net(xb[m]), yb[m])
+                    loss = soft_loss(net(xb[m]), yb[m], temperature) if soft else F.cross_entropy(net(xb[m]), yb[m])
                     opts[m].zero_grad(set_to_none=True)
                     loss.backward()
                     opts[m].step()
     return group
+
+
+def soft_loss(logits: Tensor, targets: Tensor, temperature: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Training on soft labels (docs/protocols.md section 3): ``T^2 * KL(q || softmax(z / T))``
+    for target distributions ``q`` ``[B, K]`` and logits ``z``, the knowledge-distillation form
+    (Hinton et al. 2015) that SRe2L-style releases evaluate with; it differs from the soft
+    cross-entropy ``-sum q log softmax(z / T)`` only by the targets' entropy, a constant, so the
+    gradients (and the trained networks) are the same. At ``T = 1`` it is DATM's soft
+    cross-entropy."""
+    t = float(temperature)
+    log_p = F.log_softmax(logits / t, dim=1)
+    per = (torch.xlogy(targets, targets) - targets * log_p).sum(1) * (t * t)
+    return per.sum() if reduction == "sum" else per.mean()
 
 
 def steps_per_epoch(n: int, batch: int) -> int:

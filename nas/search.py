@@ -112,11 +112,11 @@ def whole_condition(prep: Prepared, cfg: NASConfig, train_idx: Tensor, val_idx: 
 
 def proxy_condition(synset: SyntheticSet, test_x: Tensor, data: ImageData, val_idx: Tensor,
                     cfg: NASConfig) -> Condition:
-    """Training on a synthetic set (its decoded training images); validation and test images in
-    the set's own input space."""
-    x, y = synset.decoded()
-    return Condition("proxy", x, y, synset.preprocess(data.train_x[val_idx]),
-                     data.train_y[val_idx], test_x, data.test_y, data.num_classes, int(cfg.proxy_epochs or 200))
+    """Training on a synthetic set (its decoded training images, and its soft labels where it has
+    them); validation and test images in the set's own input space."""
+    return Condition("proxy", synset.decoded()[0], synset.targets(), synset.preprocess(data.train_x[val_idx]),
+                     data.train_y[val_idx], test_x, data.test_y, data.num_classes, int(cfg.proxy_epochs or 200),
+                     temperature=synset.soft_temperature)
 
 
 def early_condition(whole: Condition, proxy_images: int, cfg: NASConfig) -> tuple[int, Condition]:

@@ -52,7 +52,7 @@ class Condition:
 
     name: str  # proxy | whole | early
     x: Tensor
-    y: Tensor
+    y: Tensor  # class ids [N], or a proxy's soft labels [N, K]
     val_x: Tensor
     val_y: Tensor
     test_x: Tensor
@@ -60,6 +60,7 @@ class Condition:
     num_classes: int
     epochs: int
     max_steps: int | None = None
+    temperature: float = 1.0  # of the soft labels (distill.train.soft_loss)
 
 
 def early_epochs(proxy_steps: int, whole_images: int, batch: int) -> int:
@@ -79,7 +80,7 @@ def train_candidate(params: dict[str, Any], index: int, cond: Condition, cfg: NA
     rec = recipe(cfg, cond.epochs)
     gen = torch.Generator(device=device).manual_seed(candidate_seed(cfg.seed, index))
     group = train_group(candidate_spec(params), 1, cond.x, cond.y, cond.num_classes, rec, gen,
-                        ensemble=False, max_steps=cond.max_steps)
+                        ensemble=False, max_steps=cond.max_steps, temperature=cond.temperature)
     val = group.accuracies(cond.val_x, cond.val_y)[0]
     test = group.accuracies(cond.test_x, cond.test_y)[0]
     if device.type == "cuda":

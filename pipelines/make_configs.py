@@ -1,4 +1,4 @@
-"""Writes ``pipelines/configs/{distill,evaluate,continual,nas}.yaml``: every key of each job with
+"""Writes ``pipelines/configs/{distill,evaluate,import,continual,nas,reproduce}.yaml``: every key of each job with
 its default and the comment from the dataclass that defines it. ``tests/test_pipelines.py``
 checks the committed files equal this output, so the documented keys never drift.
 
@@ -23,6 +23,7 @@ from distill.methods import param_table  # noqa: E402
 from pipelines.jobs.continual import ContinualJobConfig  # noqa: E402
 from pipelines.jobs.distill import DistillJobConfig  # noqa: E402
 from pipelines.jobs.evaluate import EvaluateJobConfig  # noqa: E402
+from pipelines.jobs.importer import ImportConfig  # noqa: E402
 from pipelines.jobs.nas import NASJobConfig  # noqa: E402
 from pipelines.jobs.reproduce import ReproduceJobConfig  # noqa: E402
 
@@ -67,6 +68,7 @@ def dump(obj: Any, indent: int = 0) -> list[str]:
 JOBS = [
     ("distill", DistillJobConfig(), "run.py distill: condense a dataset (DataDAM / ATOM / DM / M3D) or select a coreset."),
     ("evaluate", EvaluateJobConfig(), "run.py evaluate: train networks on a synthetic set, test on the real test set."),
+    ("import", ImportConfig(), "run.py import: a set released by another repository read into a synset.pt."),
     ("continual", ContinualJobConfig(), "run.py continual: class-incremental learning with distilled replay memories."),
     ("nas", NASJobConfig(), "run.py nas: the 720-ConvNet search with synthetic proxies."),
     ("reproduce", ReproduceJobConfig(), "run.py reproduce: a published table measured cell by cell."),

@@ -113,7 +113,7 @@ def test_models_are_trained_from_scratch_at_every_step(digits8, memory_set):
     order = dm_class_order(2, 10)
     for step in (1, 3):
         classes = order[: 2 * (step + 1)]
-        x, y = memory_for(memory_set, classes, 4)
+        x, y, _ = memory_for(memory_set, classes, 4)
         gen = torch.Generator().manual_seed(cell_seed(cfg.seed, 2, step))
         group = train_group(parse_arch("convnet"), 2, x, y, 10, cfg, gen, ensemble=False)
         mask = torch.isin(digits8.test_y, torch.tensor(classes))
@@ -162,7 +162,7 @@ def test_export_buffers_and_the_readme_recipe(tmp_path, memory_set):
     seen = order[: (t + 1) * per_step]
     x = torch.cat([blob["buffers"][int(c)] for c in seen])
     y = torch.cat([torch.full((len(blob["buffers"][int(c)]),), int(c)) for c in seen])
-    ex, ey = memory_for(memory_set, [int(c) for c in seen], 4)
+    ex, ey, _ = memory_for(memory_set, [int(c) for c in seen], 4)
     assert torch.equal(x, ex) and torch.equal(y, ey)
 
 

@@ -121,7 +121,7 @@ def test_set_that_does_not_fit_the_dataset(digits, digits_prep):
 def test_cli_evaluate_writes_tables(tmp_path, digits_prep, capsys):
     s = _set(digits_prep)
     s.save(tmp_path / "s.pt")
-    code = main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--models", "2", "--epochs", "2",
+    code = main(["evaluate", "--baseline", "none", "--synset", str(tmp_path / "s.pt"), "--models", "2", "--epochs", "2",
                  "--arch", "convnet,alexnet", "--quiet"])
     assert code == 0
     md = (tmp_path / "evaluation.md").read_text()
@@ -131,11 +131,11 @@ def test_cli_evaluate_writes_tables(tmp_path, digits_prep, capsys):
     assert code == 2 and "unknown architecture" in capsys.readouterr().err
     # another recipe next to the same set keeps the earlier results; the same recipe replaces them
     first = (tmp_path / "evaluation.json").read_text()
-    assert main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--models", "1", "--epochs", "2", "--quiet"]) == 0
+    assert main(["evaluate", "--baseline", "none", "--synset", str(tmp_path / "s.pt"), "--models", "1", "--epochs", "2", "--quiet"]) == 0
     assert (tmp_path / "evaluation.json").read_text() == first
     other = [p for p in tmp_path.glob("evaluation-*.json")]
     assert len(other) == 1 and json.loads(other[0].read_text())["config"]["models"] == 1
-    assert main(["evaluate", "--synset", str(tmp_path / "s.pt"), "--models", "2", "--epochs", "2",
+    assert main(["evaluate", "--baseline", "none", "--synset", str(tmp_path / "s.pt"), "--models", "2", "--epochs", "2",
                  "--arch", "convnet,alexnet", "--quiet"]) == 0
     assert len(list(tmp_path.glob("evaluation*.json"))) == 2
 
@@ -159,13 +159,13 @@ def test_cli_evaluates_several_sets_as_the_papers_do(tmp_path, digits_prep, caps
         (tmp_path / name).mkdir()
         _set(digits_prep, ipc=ipc).save(tmp_path / name / "synset.pt")
     common = ["--models", "2", "--epochs", "2", "--quiet"]
-    assert main(["evaluate", "--synset", f"{tmp_path}/a/synset.pt,{tmp_path}/b/synset.pt", *common,
+    assert main(["evaluate", "--baseline", "none", "--synset", f"{tmp_path}/a/synset.pt,{tmp_path}/b/synset.pt", *common,
                  "--out", str(tmp_path / "both")]) == 0
     row = json.loads((tmp_path / "both" / "evaluation.json").read_text())["rows"][0]
     assert (row["sets"], row["models"], set(row["per_set"])) == (2, 4, {"a", "b"})
     assert row["mean"] == pytest.approx(sum(row["accuracies"]) / 4)
     # set 0 is trained exactly as when it is evaluated alone; set 1 gets its own networks
-    assert main(["evaluate", "--synset", f"{tmp_path}/a/synset.pt", *common, "--out", str(tmp_path / "one")]) == 0
+    assert main(["evaluate", "--baseline", "none", "--synset", f"{tmp_path}/a/synset.pt", *common, "--out", str(tmp_path / "one")]) == 0
     alone = json.loads((tmp_path / "one" / "evaluation.json").read_text())["rows"][0]
     assert row["accuracies"][:2] == alone["accuracies"] and row["per_set"]["a"] == pytest.approx(alone["mean"])
     capsys.readouterr()

@@ -28,10 +28,10 @@ def test_evaluate_finds_the_data_folder_the_set_was_made_from(tmp_path, monkeypa
     assert main(["distill", "--dataset", "fashionmnist", "--data-root", str(data), "--method", "random", "--ipc", "2",
                  "--out", str(out), "--quiet"]) == 0
     monkeypatch.chdir(tmp_path)  # no data/ here
-    assert main(["evaluate", "--synset", str(out / "synset.pt"), "--models", "1", "--epochs", "1",
+    assert main(["evaluate", "--baseline", "none", "--synset", str(out / "synset.pt"), "--models", "1", "--epochs", "1",
                  "--out", str(tmp_path / "e"), "--quiet", "--explain"]) == 0
     assert f"dataset.root: {data}  # the set's metadata ({out / 'synset.pt'})" in capsys.readouterr().out
-    assert main(["evaluate", "--synset", str(out / "synset.pt"), "--models", "1", "--epochs", "1",
+    assert main(["evaluate", "--baseline", "none", "--synset", str(out / "synset.pt"), "--models", "1", "--epochs", "1",
                  "--out", str(tmp_path / "e"), "--quiet"]) == 0
     rows = json.loads((tmp_path / "e" / "evaluation.json").read_text())["rows"]
     assert rows and 0 <= rows[0]["mean"] <= 1

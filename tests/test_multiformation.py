@@ -96,7 +96,7 @@ def test_a_factor_2_set_through_every_job(tmp_path, capsys):
                  "--set", "distill.factor=2", "--set", "dataset.resolution=8", *base]) == 0
     s = SyntheticSet.load(out / "synset.pt")
     assert s.factor == 2 and s.images.shape == (20, 1, 8, 8) and s.meta["config"]["factor"] == 2
-    assert main(["evaluate", "--synset", str(out / "synset.pt"), "--models", "1", "--epochs", "1", "--quiet"]) == 0
+    assert main(["evaluate", "--baseline", "none", "--synset", str(out / "synset.pt"), "--models", "1", "--epochs", "1", "--quiet"]) == 0
     assert json.loads((out / "evaluation.json").read_text())["rows"][0]["models"] == 1
     assert main(["export", "--synset", str(out / "synset.pt"), "--format", "npz", "--out", str(tmp_path / "e")]) == 0
     import numpy as np

@@ -75,7 +75,7 @@ def test_smoke_run_matches_evaluate_and_resumes_from_cached_cells(tmp_path, caps
             for p in (tmp_path / "cache" / "sets").glob("fashionmnist_atom_ipc1-*/synset.pt")}
     assert sorted(made) == [1, 2]  # the snapshot at 1 is a set of its own
     for its, want in ((2, atom["accuracies"]), (1, curve[1]["accuracies"])):
-        assert main(["evaluate", "--synset", str(made[its]), "--models", "1", "--epochs", str(budget.epochs),
+        assert main(["evaluate", "--baseline", "none", "--synset", str(made[its]), "--models", "1", "--epochs", str(budget.epochs),
                      "--data-root", str(root), "--out", str(tmp_path / f"e{its}"), "--device", "cpu", "--quiet"]) == 0
         evaluated = json.loads((tmp_path / f"e{its}" / "evaluation.json").read_text())["rows"][0]
         assert evaluated["accuracies"] == want

@@ -190,4 +190,4 @@ def get_job(name: str) -> type[Job]:
 
 
 # the order of run.py --help
-import_modules(__name__, __path__, first=("distill", "evaluate", "export", "continual", "nas", "reproduce", "listing"))
+import_modules(__name__, __path__, first=("distill", "evaluate", "export", "importer", "continual", "nas", "reproduce", "listing"))

@@ -17,6 +17,7 @@ FORMATS = {
     "png": "an ImageFolder tree, one PNG per training image",
     "avalanche": "per-class replay buffers (.buffers.pt, class id -> images) for continual-learning code",
     "grid": "one titled PNG of the stored images",
+    "ddranking": "what DD-Ranking's evaluator reads: images.pt, labels.pt (soft labels where present), lr.pt, images/",
 }
 
 
@@ -59,11 +60,31 @@ class ExportJob(Job):
             from continual.memory import export_buffers
 
             path = export_buffers(s, out.with_suffix(".buffers.pt"))
+        elif fmt == "ddranking":
+            path = export_ddranking(s, out if given else out.parent / (out.name + "_ddranking"))
         else:
             path = s.save_grid(out.with_suffix(".png"))
         n = len(s.decoded()[1])
         print(f"exported {n} images ({s.num_classes} classes) to {path}")
         return 0
+
+
+def export_ddranking(synset: SyntheticSet, folder: Path) -> Path:
+    """DD-Ranking's inputs (docs/protocols.md section 9): ``images.pt`` (the decoded training
+    images, network-input space), ``labels.pt`` (soft labels ``[N, K]`` where the set has them,
+    else class ids), ``lr.pt`` (a learned rate, where present) and the PNG tree ``images/``."""
+    import torch
+
+    from distill.files import atomic_save
+
+    images, labels = synset.decoded()
+    atomic_save(images.detach().cpu().contiguous(), folder / "images.pt")
+    atomic_save((synset.targets() if synset.soft_labels is not None else labels).detach().cpu().contiguous(),
+                folder / "labels.pt")
+    if synset.lr is not None:
+        atomic_save(torch.tensor(float(synset.lr)), folder / "lr.pt")
+    synset.export_png(folder / "images")
+    return folder
 
 
 register_job(ExportJob)
