@@ -201,3 +201,35 @@ def test_svhn_reads_mat_like_torchvision(tmp_path, monkeypatch):
     (tmp_path / "test_32x32.mat").write_bytes(b"not a mat file")
     with pytest.raises(UserError, match="not an SVHN .mat file"):
         load_dataset("svhn", tmp_path, download=False)
+
+
+def write_imagenet64(folder, per_class_train: int, seed: int = 0, files: int = 10) -> dict:
+    """Fabricated downsampled-ImageNet npz files (the exact layout: uint8 [N, 12288] channel-major
+    ``data``, ``labels`` 1..1000), the training images spread over ``files`` batch files."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = rng.permutation(np.repeat(np.arange(1, 1001), per_class_train))
+    data = rng.integers(0, 256, size=(len(labels), 12288), dtype=np.uint8)
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), files), start=1):
+        np.savez(folder / f"train_data_batch_{i}.npz", data=data[part], labels=labels[part].tolist())
+    val_labels = np.arange(1, 1001)
+    val = rng.integers(0, 256, size=(1000, 12288), dtype=np.uint8)
+    np.savez(folder / "val_data.npz", data=val, labels=val_labels)
+    return {"data": data, "labels": labels, "val": val, "val_labels": val_labels}
+
+
+def test_imagenet64_npz_layout_reads_channel_major_uint8(tmp_path):
+    from distill.datasets import load_dataset
+
+    fab = write_imagenet64(tmp_path / "imagenet64", per_class_train=1)
+    (tmp_path / "imagenet64" / "map_clsloc.txt").write_text("n01440764 1 tench\nn01443537 2 goldfish\n")
+    d = load_dataset("imagenet64", tmp_path)
+    assert d.train_x.dtype == torch.uint8 and d.train_x.shape == (1000, 3, 64, 64) and d.num_classes == 1000
+    i = 17  # by hand: pixel (row r, column c) of channel ch is data[ch * 4096 + r * 64 + c]
+    for ch, r, c in [(0, 0, 0), (1, 5, 9), (2, 63, 63)]:
+        assert int(d.train_x[i, ch, r, c]) == int(fab["data"][i, ch * 4096 + r * 64 + c])
+    assert d.train_y.tolist() == (fab["labels"] - 1).tolist() and d.test_y.tolist() == list(range(1000))
+    assert d.classes[:3] == ("tench", "goldfish", "class_0002")
+    (tmp_path / "imagenet64" / "train_data_batch_7.npz").unlink()
+    with pytest.raises(UserError, match="lacks train_data_batch_7.npz"):
+        load_dataset("imagenet64", tmp_path)

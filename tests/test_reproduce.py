@@ -27,7 +27,8 @@ def test_every_table_reads_and_names_a_registered_dataset():
         assert all(r.source for r in t.rows)
         # every IPC of an implemented method is a cell; published-only methods are not
         assert select_cells(t, None, None) == [r for r in t.rows if r.runs in METHODS]
-        assert [r for r in t.rows if r.ipc == 0] == [t.rows[-1]]  # the whole-dataset row, last
+        whole = [r for r in t.rows if r.ipc == 0]  # the whole-dataset row, last, where published
+        assert whole == ([t.rows[-1]] if t.name != "imagenet64" else [])
 
 
 def test_cell_selection_and_its_errors():
