@@ -7,7 +7,7 @@
 torchvision checks the official MD5 sums, which fabricated files cannot match:
 ``accept_fabricated_cifar`` turns that one check into "the file exists" while it is active.
 ``write_mnist`` (idx files, plain or gzipped) and ``write_svhn`` (``.mat``) write the MNIST-family
-and SVHN formats.
+and SVHN formats; ``write_imagenet64`` the downsampled-ImageNet npz files.
 """
 
 from __future__ import annotations
@@ -112,3 +112,20 @@ def write_svhn(root: str | Path, train: int, test: int, seed: int = 0) -> dict:
         sio.savemat(str(Path(root) / f"{part}_32x32.mat"), {"X": x, "y": y})
         out[part] = (x, y)
     return out
+
+
+def write_imagenet64(folder: str | Path, per_class_train: int, seed: int = 0, files: int = 10) -> dict:
+    """Fabricated downsampled-ImageNet npz files (the exact layout: uint8 [N, 12288] channel-major
+    ``data``, ``labels`` 1..1000), the training images spread over ``files`` batch files."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = rng.permutation(np.repeat(np.arange(1, 1001), per_class_train))
+    data = rng.integers(0, 256, size=(len(labels), 12288), dtype=np.uint8)
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), files), start=1):
+        np.savez(folder / f"train_data_batch_{i}.npz", data=data[part], labels=labels[part].tolist())
+    val_labels = np.arange(1, 1001)
+    val = rng.integers(0, 256, size=(1000, 12288), dtype=np.uint8)
+    np.savez(folder / "val_data.npz", data=val, labels=val_labels)
+    return {"data": data, "labels": labels, "val": val, "val_labels": val_labels}
+

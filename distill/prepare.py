@@ -4,7 +4,7 @@ check, the set's labels and metadata, what a checkpoint's images depend on)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -19,13 +19,44 @@ from .settings import SetConfig
 from .synset import SyntheticSet
 
 
+HOST_BYTES = 8 << 30  # a float32 training set above this stays as uint8 pixels in host memory
+
+
+class HostImages:
+    """A training set kept as uint8 pixels in host memory (ImageNet-1K at 64 px: 16 GB, 63 GB as
+    float32): indexing gathers the rows asked for (one class chunk of a matching step, a batch of
+    training) on the host, moves them to ``device`` and preprocesses them there, so the device
+    never holds more than that batch. Indexes like the float tensor it stands for."""
+
+    def __init__(self, pixels: Tensor, preprocess: Preprocess, device: torch.device | str):
+        self.pixels = pixels.pin_memory() if torch.device(device).type == "cuda" else pixels
+        self.preprocess, self.device = preprocess, torch.device(device)
+        self.shape = torch.Size(pixels.shape)
+        self.dtype = torch.float32
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, key: Any) -> Tensor:
+        if isinstance(key, Tensor):
+            flat = key.reshape(-1).cpu()
+            if flat.dtype == torch.bool:
+                flat, out_shape = flat.nonzero().squeeze(1), None
+            else:
+                out_shape = tuple(key.shape)
+            x = self.preprocess(self.pixels[flat].to(self.device, non_blocking=True))
+            return x if out_shape is None else x.reshape(*out_shape, *x.shape[1:])
+        return self.preprocess(self.pixels[key].to(self.device, non_blocking=True))
+
+
 @dataclass
 class Prepared:
-    """A dataset mapped to network-input space, on the device."""
+    """A dataset mapped to network-input space, on the device (the training set possibly as
+    :class:`HostImages`)."""
 
     data: ImageData
     preprocess: Preprocess
-    train_x: Tensor  # float32 network-input space
+    train_x: Tensor | HostImages  # float32 network-input space
     test_x: Tensor
     # the last selection embeddings computed for this data, by (network, embed_epochs, seed):
     # herding and k-center at several IPCs train the embedding ConvNet once
@@ -36,9 +67,24 @@ class Prepared:
         return self.data.num_classes
 
 
-def prepare(data: ImageData, zca: bool | None = None, device: str | torch.device = "cpu") -> Prepared:
+def keeps_on_host(data: ImageData, host: bool | None = None) -> bool:
+    """Whether the training set stays as uint8 pixels in host memory (:class:`HostImages`):
+    ``host`` when given, else when its float32 form would exceed :data:`HOST_BYTES`."""
+    return bool(host) if host is not None else data.train_x.numel() * 4 > HOST_BYTES
+
+
+def prepare(data: ImageData, zca: bool | None = None, device: str | torch.device = "cpu",
+            host: bool | None = None) -> Prepared:
     """Move ``data`` to ``device``, fit the preprocessing (ZCA on the whole training set if
-    enabled; ``None``: the dataset's default) and map both splits to network-input space."""
+    enabled; ``None``: the dataset's default) and map both splits to network-input space. A
+    training set too large for that (:func:`keeps_on_host`) stays on the host as uint8 and is
+    preprocessed on the device batch by batch (the same values)."""
+    if keeps_on_host(data, host):
+        pixels = data.train_x
+        data = replace(data, train_y=data.train_y.to(device), test_x=data.test_x.to(device),
+                       test_y=data.test_y.to(device))
+        pre = Preprocess.fit(pixels, data.mean, data.std, zca=data.whitened(zca))
+        return Prepared(data=data, preprocess=pre, train_x=HostImages(pixels, pre, device), test_x=pre(data.test_x))
     data = data.to(device)
     pre = Preprocess.fit(data.train_x, data.mean, data.std, zca=data.whitened(zca))
     return Prepared(data=data, preprocess=pre, train_x=pre(data.train_x), test_x=pre(data.test_x))

@@ -12,7 +12,7 @@ from PIL import Image
 from distill.data import ClassIndex
 from distill.datasets import load_dataset
 from distill.errors import UserError
-from distill.fixtures import accept_fabricated_cifar, write_cifar, write_mnist, write_svhn
+from distill.fixtures import accept_fabricated_cifar, write_cifar, write_imagenet64, write_mnist, write_svhn
 
 
 @pytest.fixture
@@ -203,21 +203,6 @@ def test_svhn_reads_mat_like_torchvision(tmp_path, monkeypatch):
         load_dataset("svhn", tmp_path, download=False)
 
 
-def write_imagenet64(folder, per_class_train: int, seed: int = 0, files: int = 10) -> dict:
-    """Fabricated downsampled-ImageNet npz files (the exact layout: uint8 [N, 12288] channel-major
-    ``data``, ``labels`` 1..1000), the training images spread over ``files`` batch files."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = rng.permutation(np.repeat(np.arange(1, 1001), per_class_train))
-    data = rng.integers(0, 256, size=(len(labels), 12288), dtype=np.uint8)
-    for i, part in enumerate(np.array_split(np.arange(len(labels)), files), start=1):
-        np.savez(folder / f"train_data_batch_{i}.npz", data=data[part], labels=labels[part].tolist())
-    val_labels = np.arange(1, 1001)
-    val = rng.integers(0, 256, size=(1000, 12288), dtype=np.uint8)
-    np.savez(folder / "val_data.npz", data=val, labels=val_labels)
-    return {"data": data, "labels": labels, "val": val, "val_labels": val_labels}
-
-
 def test_imagenet64_npz_layout_reads_channel_major_uint8(tmp_path):
     from distill.datasets import load_dataset
 
@@ -233,3 +218,27 @@ def test_imagenet64_npz_layout_reads_channel_major_uint8(tmp_path):
     (tmp_path / "imagenet64" / "train_data_batch_7.npz").unlink()
     with pytest.raises(UserError, match="lacks train_data_batch_7.npz"):
         load_dataset("imagenet64", tmp_path)
+
+
+def test_a_training_set_kept_on_the_host_indexes_and_distils_like_the_float_tensor():
+    """HostImages (uint8 pixels on the host, preprocessed per gathered batch) returns what the
+    preprocessed float tensor does for every kind of index, and a distillation, a multi-formation
+    initialisation and a herding selection from it give exactly the sets made from the tensor."""
+    from dataclasses import replace
+
+    from distill.loop import distill
+    from distill.prepare import HostImages, prepare
+    from distill.settings import SetConfig, resolve
+
+    d = load_dataset("digits")
+    dense, host = prepare(d), prepare(d, host=True)
+    assert isinstance(host.train_x, HostImages) and host.train_x.pixels.dtype == torch.uint8
+    x = dense.train_x
+    idx = torch.tensor([[3, 1], [0, 7]])
+    mask = d.train_y == 2
+    for key in (idx, idx.flatten(), mask, slice(5, 9)):
+        assert torch.allclose(host.train_x[key], x[key], atol=1e-6)
+    assert host.train_x.shape == x.shape and len(host.train_x) == len(x)
+    for method, extra in (("datadam", {"iterations": 2}), ("dm", {"iterations": 2, "factor": 2}), ("herding", {})):
+        cfg = replace(resolve(SetConfig.of(method, 2), 16, "digits"), **extra)
+        assert torch.equal(distill(dense, cfg, progress=False).images, distill(host, cfg, progress=False).images)
