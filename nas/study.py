@@ -56,13 +56,8 @@ def open_storage(url: str | None, journal: Path, heartbeat: int = 60) -> Any:
     if not url.split("://", 1)[0].split("+")[0] in ("postgresql", "mysql", "sqlite"):
         raise UserError(f"storage URL {url!r} is not an RDB URL; use postgresql+psycopg2://user:pass@host/db, "
                         "mysql://..., sqlite:///path.db, or leave --storage out for a local journal file")
-    from optuna.storages import RDBStorage
-
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # a worker that dies stops its heartbeat; its trial is failed and its candidate claimed again
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
+        return rdb_storage(url, heartbeat)
     except ModuleNotFoundError as exc:  # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3
         raise UserError(f"cannot open the study storage {url!r}: its database driver {exc.name!r} is not installed; "
                         "use postgresql+psycopg2://user:pass@host/db with pip install -e '.[postgres]' "
@@ -70,6 +65,46 @@ def open_storage(url: str | None, journal: Path, heartbeat: int = 60) -> Any:
     except Exception as exc:  # host unreachable, bad credentials
         raise UserError(f"cannot open the study storage {url!r}: {reason(exc)}. Check that the database "
                         "server is reachable (URL form: postgresql+psycopg2://user:pass@host/db)") from exc
+
+
+SCHEMA_LOCK = 0x6E61735F736368  # the PostgreSQL advisory lock that serialises schema creation ("nas_sch")
+SCHEMA_TRIES = 5
+
+
+def rdb_storage(url: str, heartbeat: int) -> Any:
+    """Optuna's RDB storage for ``url``, safe for workers that start together on an empty
+    database. Creating the storage creates Optuna's tables; two processes doing it at once
+    collide in PostgreSQL's catalogue (a duplicate key in ``pg_type``). On PostgreSQL the
+    creation runs under a session advisory lock, so one process creates the schema and the
+    others, waiting for the lock, find it made; on other databases a collision is retried."""
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    def make() -> Any:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # a worker that dies stops its heartbeat; its trial is failed and its candidate claimed again
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
+
+    if url.startswith("postgresql"):
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
+                try:
+                    return make()
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK})
+        finally:
+            engine.dispose()
+    for attempt in range(SCHEMA_TRIES):
+        try:
+            return make()
+        except sqlalchemy.exc.IntegrityError:  # another process created the same table first
+            if attempt == SCHEMA_TRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class ClaimedOnly(optuna.samplers.BaseSampler):

@@ -487,3 +487,34 @@ def test_cli_nas_on_a_real_postgresql_server(tmp_path, postgres_url, capsys):
                  "--storage", postgres_url.replace("+psycopg2", "")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "postgresql+psycopg2://" in err[0]
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+from nas.study import open_storage, open_study
+storage = open_storage(sys.argv[1], Path(sys.argv[3]))
+open_study("fresh", storage)
+print("ok")
+"""
+
+
+def test_workers_starting_together_on_a_fresh_database_all_proceed(tmp_path, postgres_url):
+    """Six OS processes released at the same moment open one empty PostgreSQL database: the
+    first creates Optuna's schema while the others wait for it, and every one opens the study
+    (before, a second creator failed with a duplicate-key error on pg_type)."""
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", STARTER, postgres_url, str(go), str(tmp_path / "j")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    time.sleep(3)  # every process is importing or waiting at the barrier
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [err[-400:] for _, err in outs]
+    assert all(out.strip().endswith("ok") for out, _ in outs)
+    assert optuna.get_all_study_names(open_storage(postgres_url, tmp_path / "unused")) == ["fresh"]
