@@ -40,6 +40,15 @@ def classification_dataset(x: Tensor, y: Tensor) -> Any:
     return as_classification_dataset(ds)
 
 
+def task_dataset(x: Tensor, y: Tensor) -> Any:
+    """Tensors -> ``(x, y, task label 0)`` samples. The benchmark's experiences and the synthetic
+    memories both take this form: Avalanche's class-balanced buffer gives its exemplars a task
+    label, and replay concatenates memory and experience samples, which must then agree."""
+    from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+
+    return _make_taskaware_tensor_classification_dataset(x, y, task_labels=0, targets=y.tolist())
+
+
 def make_benchmark(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
                    order: list[int], steps: int) -> Any:
     """Avalanche's ``class_incremental_benchmark`` over the given tensors, experiences
@@ -48,5 +57,5 @@ def make_benchmark(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
 
     step_classes(order, steps)  # a clear error for an uneven split
     return class_incremental_benchmark(
-        {"train": classification_dataset(train_x, train_y), "test": classification_dataset(test_x, test_y)},
+        {"train": task_dataset(train_x, train_y), "test": task_dataset(test_x, test_y)},
         class_order=list(order), num_experiences=steps)

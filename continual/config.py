@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from distill.datasets import quick_defaults
-from distill.errors import UserError
+from distill.errors import UserError, choice_error
 from distill.evaluate import resolve_eval
 from distill.train import TrainRecipe
 from distill.methods import METHODS
@@ -13,6 +13,8 @@ from distill.methods import METHODS
 from .benchmark import step_classes
 
 DM_ORDERS = [0, 1, 2, 3, 4]
+PROTOCOLS = ("gdumb", "er")
+REAL_MEMORIES = ("reservoir", "class_balanced")  # Avalanche storage policies of real exemplars (er only)
 DEFAULT_MEMORIES = ["random", "herding", "dm", "datadam", "atom"]
 
 
@@ -20,6 +22,7 @@ DEFAULT_MEMORIES = ["random", "herding", "dm", "datadam", "atom"]
 class ContinualConfig(TrainRecipe):
     """The CL protocol plus the training recipe of each step's models (the TrainRecipe fields)."""
 
+    protocol: str = "gdumb"  # gdumb (DM's: fresh networks on the memory alone) | er (experience replay)
     models: int | None = None  # networks per step and order (DM: 3; digits: 1)
     steps: int = 10  # 5 or 10 on CIFAR-100
     ipc: int = 20  # memory images per class
@@ -38,6 +41,12 @@ def resolve_continual(cfg: ContinualConfig, dataset: str, num_classes: int) -> C
                   memories=list(cfg.memories if cfg.memories is not None
                                 else quick.get("memories", DEFAULT_MEMORIES)),
                   epochs=cfg.epochs if cfg.epochs is not None else quick.get("epochs"))
+    if cfg.protocol not in PROTOCOLS:
+        raise choice_error("continual.protocol", cfg.protocol, PROTOCOLS)
+    real = [m for m in cfg.memories or [] if m in REAL_MEMORIES]
+    if real and cfg.protocol != "er":
+        raise UserError(f"memories {', '.join(real)} are real-exemplar storage policies of experience replay: "
+                        "give --protocol er")
     base = resolve_eval(cfg, dataset)
     cfg = replace(cfg, epochs=base.epochs, archs=base.archs)
     if len(cfg.archs) != 1:

@@ -21,7 +21,7 @@ from distill.files import atomic_save
 from distill.multiformation import decode, decode_labels
 from distill.synset import SyntheticSet
 
-from .benchmark import classification_dataset
+from .benchmark import task_dataset
 
 BUFFERS_FORMAT = "attention-distill/class-buffers"
 
@@ -106,7 +106,7 @@ class SyntheticMemory(ExemplarsBuffer):
         self.classes = list(classes)
         x, y, self.soft = memory_for(self.synset, self.classes, self.ipc)
         self.tensors: tuple[Tensor, Tensor] = (x, y)
-        self.buffer = classification_dataset(x.cpu(), y.cpu())
+        self.buffer = task_dataset(x.cpu(), y.cpu())
 
     def resize(self, strategy: Any, new_size: int) -> None:
         if new_size < len(self.classes) * self.per_class:

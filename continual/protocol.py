@@ -42,6 +42,7 @@ class CellResult:
     classes: int  # classes seen after this step
     accuracies: list[float]  # one per model
     seconds: float
+    forgetting: list[float] | None = None  # one per model (experience replay; continual.replay)
 
     def key(self) -> str:
         return f"{self.order}/{self.step}"
@@ -114,6 +115,7 @@ class StepStats:
     mean: float
     std: float
     n: int  # accuracies pooled (models x orders)
+    forgetting: float | None = None  # mean over models and orders (experience replay)
 
 
 def step_stats(cells: dict[str, CellResult], orders: list[int], steps: int) -> list[StepStats]:
@@ -123,16 +125,20 @@ def step_stats(cells: dict[str, CellResult], orders: list[int], steps: int) -> l
         accs = [a for o in orders for a in cells[f"{o}/{s}"].accuracies]
         m = sum(accs) / len(accs)
         sd = math.sqrt(sum((a - m) ** 2 for a in accs) / len(accs))
-        out.append(StepStats(cells[f"{orders[0]}/{s}"].classes, m, sd, len(accs)))
+        fs = [f for o in orders for f in (cells[f"{o}/{s}"].forgetting or [])]
+        out.append(StepStats(cells[f"{orders[0]}/{s}"].classes, m, sd, len(accs), sum(fs) / len(fs) if fs else None))
     return out
 
 
 def cell_to_dict(c: CellResult) -> dict[str, Any]:
-    return {"order": c.order, "step": c.step, "classes": c.classes, "accuracies": c.accuracies,
-            "seconds": c.seconds}
+    out = {"order": c.order, "step": c.step, "classes": c.classes, "accuracies": c.accuracies, "seconds": c.seconds}
+    if c.forgetting is not None:
+        out["forgetting"] = c.forgetting
+    return out
 
 
 def cell_from_dict(d: dict[str, Any]) -> CellResult:
     return CellResult(int(d["order"]), int(d["step"]), int(d["classes"]),
-                      [float(a) for a in d["accuracies"]], float(d["seconds"]))
+                      [float(a) for a in d["accuracies"]], float(d["seconds"]),
+                      [float(f) for f in d["forgetting"]] if d.get("forgetting") is not None else None)
 

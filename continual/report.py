@@ -15,7 +15,8 @@ from .protocol import StepStats
 def step_rows(curves: dict[str, list[StepStats]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Wide rows ``{memory, "<classes>": "mean +- std", ..., final}`` and their column names."""
     first = next(iter(curves.values()))
-    columns = ["memory"] + [str(s.classes) for s in first] + ["final"]
+    replay = first[-1].forgetting is not None
+    columns = ["memory"] + [str(s.classes) for s in first] + ["final"] + (["forgetting"] if replay else [])
     rows = []
     for name, stats in curves.items():
         row: dict[str, Any] = {"memory": name}
@@ -23,14 +24,31 @@ def step_rows(curves: dict[str, list[StepStats]]) -> tuple[list[dict[str, Any]],
             row[str(s.classes)] = pct(s.mean, s.std, s.n)
         row["final"] = pct(stats[-1].mean, stats[-1].std, stats[-1].n)
         row["final_mean"], row["final_std"] = stats[-1].mean, stats[-1].std
-        row["steps"] = [{"classes": s.classes, "mean": s.mean, "std": s.std, "n": s.n} for s in stats]
+        if replay:
+            row["forgetting"] = f"{100 * (stats[-1].forgetting or 0):.2f}"
+        row["steps"] = [{"classes": s.classes, "mean": s.mean, "std": s.std, "n": s.n,
+                         **({"forgetting": s.forgetting} if s.forgetting is not None else {})} for s in stats]
         rows.append(row)
     return rows, columns
 
 
 def plot_curves(curves: dict[str, list[StepStats]], path: str | Path, title: str) -> Path:
-    """Accuracy (%) vs number of classes: one line per memory, shaded +- std band."""
-    fig, ax = figure((6.4, 4.4))
+    """Accuracy (%) vs number of classes: one line per memory, shaded +- std band; with
+    experience replay a second panel shows the forgetting."""
+    replay = next(iter(curves.values()))[-1].forgetting is not None
+    if replay:
+        fig, (ax, fx) = figure((11.0, 4.4), ncols=2)
+        for name, stats in curves.items():
+            fx.plot([s.classes for s in stats], [100 * (s.forgetting or 0) for s in stats], marker="o", ms=3.5,
+                    label=name)
+        fx.set_xlabel("number of classes")
+        fx.set_ylabel("forgetting (points)")
+        fx.set_title("forgetting (Chaudhry et al. 2018)")
+        fx.set_xticks([s.classes for s in next(iter(curves.values()))])
+        fx.grid(alpha=0.3)
+        fx.legend(fontsize=8)
+    else:
+        fig, ax = figure((6.4, 4.4))
     for name, stats in curves.items():
         xs = [s.classes for s in stats]
         m = [100 * s.mean for s in stats]

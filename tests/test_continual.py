@@ -79,8 +79,8 @@ def test_memory_holds_exactly_ipc_images_of_every_seen_class(digits8, memory_set
         # the Avalanche view holds the same samples
         assert len(mem.buffer) == 4 * len(seen) <= mem.max_size
         assert sorted(int(t) for t in mem.buffer.targets) == sorted(y.tolist())
-        bx, by = mem.buffer[0]
-        assert torch.equal(bx, x[0]) and int(by) == int(y[0])
+        bx, by, task = mem.buffer[0]  # (image, label, task label 0), as the experiences
+        assert torch.equal(bx, x[0]) and int(by) == int(y[0]) and task == 0
 
 
 def test_memory_errors(digits8, memory_set):

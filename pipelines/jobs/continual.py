@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from continual.config import ContinualConfig, resolve_continual
+from continual.config import PROTOCOLS, REAL_MEMORIES, ContinualConfig, resolve_continual
 from distill.config import execution_free, to_dict
 from distill.datasets import quick_defaults
 from distill.methods import METHODS, get_method
@@ -53,20 +53,27 @@ class Memory:
 class ContinualJob(Job):
     name = "continual"
     help = "class-incremental learning with distilled replay memories"
-    description = ("DM's class-incremental protocol on Avalanche: at every step, fresh ConvNets are trained from "
-                   "scratch on the synthetic memories (ipc images per class) of all classes seen so far and tested "
-                   "on those classes' real test images; mean +- std over models and class orders.\n\n"
+    description = ("Class-incremental learning on Avalanche, two protocols. gdumb (DM's, the default): at every "
+                   "step, fresh ConvNets are trained from scratch on the synthetic memories (ipc images per class) of "
+                   "all classes seen so far and tested on those classes' real test images. er (experience replay, "
+                   "as most continual-learning code uses a buffer): one ConvNet per order learns the steps in turn "
+                   "with Avalanche's Naive + ReplayPlugin, each step on its real training images plus the memory of "
+                   "the earlier classes, and the forgetting is reported too; the real-exemplar memories reservoir "
+                   "and class_balanced (Avalanche's storage policies, the same budget) serve as baselines. Mean +- "
+                   "std over models and class orders.\n\n"
                    "Memories named by method are distilled once and cached (--cache); selection methods (random, "
                    "herding, kcenter, ...) are chosen per class order and step from that step's data only; "
                    "synset.pt paths are used as given. Writes continual.{md,csv,json,png}.")
     examples = ("python pipelines/run.py continual --steps 10                  # CIFAR-100, the papers' defaults",
                 "python pipelines/run.py continual --steps 5 --dataset digits  # offline, CPU minutes",
-                "python pipelines/run.py continual --memories random,runs/x/synset.pt --orders 0,1")
+                "python pipelines/run.py continual --memories random,runs/x/synset.pt --orders 0,1",
+                "python pipelines/run.py continual --protocol er --memories reservoir,class_balanced,herding,dm,atom")
     Config = ContinualJobConfig
     options = ("dataset", "data_root", "seed", "cache", "force", *Job.options)
     option_help = {"dataset": "dataset (default cifar100)", "data_root": "data folder (default: data)",
                    "seed": "training seed (default 0)", "force": "recompute cached memories and results"}
     flags = {"dataset": ("dataset.name", None), "data_root": ("dataset.root", None), "steps": ("continual.steps", None),
+             "protocol": ("continual.protocol", None),
              "ipc": ("continual.ipc", None), "models": ("continual.models", None),
              "epochs": ("continual.epochs", None), "seed": ("continual.seed", None),
              "orders": ("continual.orders", csv_ints("--orders")), "memories": ("continual.memories", csv_items)}
@@ -75,8 +82,11 @@ class ContinualJob(Job):
     @classmethod
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
         p.add_argument("--steps", type=int, help="number of experiences (default 10; CIFAR-100 papers: 5 or 10)")
-        p.add_argument("--memories", help=f"comma-separated methods ({', '.join(METHODS)}) or synset.pt paths "
-                                          "(default random,herding,dm,datadam,atom; digits: random,herding,dm,datadam)")
+        p.add_argument("--protocol", choices=PROTOCOLS, help="gdumb (default; DM's: fresh networks on the memory "
+                                                             "alone) or er (experience replay on Avalanche)")
+        p.add_argument("--memories", help=f"comma-separated methods ({', '.join(METHODS)}), synset.pt paths or, "
+                                          f"with --protocol er, {' / '.join(REAL_MEMORIES)} (default random,herding,"
+                                          "dm,datadam,atom; digits: random,herding,dm,datadam)")
         p.add_argument("--ipc", type=int, help="memory images per class (default 20)")
         p.add_argument("--models", type=int, help="models per step and order (default 3; digits 1)")
         p.add_argument("--orders", help="comma-separated class-order seeds (default 0,1,2,3,4; digits 0,1,2)")
@@ -89,12 +99,13 @@ class ContinualJob(Job):
         self.specs = [m.strip() for m in self.cfg.memories or [] if m.strip()]
         self.labels = report_labels(self.specs, "--memories")
         self.files = [s for s in self.specs if is_path(s)]
-        for spec in self.specs:  # every typo before any long work
-            if spec not in self.files:
-                get_method(spec)
-        settings_for([s for s in self.specs if s not in self.files], job.distill)
-        self.set_cfgs = self.resolve_sets({s: SetConfig.of(s, self.cfg.ipc, job.distill) for s in self.specs
-                                           if s not in self.files}, self.data.image_size[0], self.data.name)
+        self.policies = [s for s in self.specs if s in REAL_MEMORIES]
+        methods = [s for s in self.specs if s not in self.files and s not in self.policies]
+        for spec in methods:  # every typo before any long work
+            get_method(spec)
+        settings_for(methods, job.distill)
+        self.set_cfgs = self.resolve_sets({s: SetConfig.of(s, self.cfg.ipc, job.distill) for s in methods},
+                                          self.data.image_size[0], self.data.name)
 
     def record(self) -> dict[str, Any]:
         return {"dataset": to_dict(self.config.dataset), "continual": to_dict(self.cfg),
@@ -106,11 +117,12 @@ class ContinualJob(Job):
 
         cfg, data = self.cfg, self.data
         out, _ = self.open_folder(f"continual-{data.name}-{cfg.steps}steps")
-        print(f"continual learning on {self.config.dataset.describe(data)}: {cfg.steps} steps, ipc {cfg.ipc}, "
+        print(f"continual learning ({cfg.protocol}) on {self.config.dataset.describe(data)}: {cfg.steps} steps, ipc {cfg.ipc}, "
               f"{cfg.models} model(s) x {len(cfg.orders or [])} class orders, {cfg.epochs} epochs, memories "
               f"{', '.join(self.specs)}, on {self.env.device} -> {out}")
         memories = self.memories()
-        benchmarks = benchmarks_for(data.train_x, data.train_y, data.test_x, data.test_y, data.num_classes, cfg)
+        benchmarks = {} if cfg.protocol == "er" else benchmarks_for(data.train_x, data.train_y, data.test_x, data.test_y,
+                                                                    data.num_classes, cfg)
         cells = self.run_cells(memories, benchmarks)
         self.tables(cells, out)
         return 0
@@ -129,7 +141,9 @@ class ContinualJob(Job):
             check_memory(synset, data.name, k, shape, cfg.ipc, f"memory {spec}")
             made[spec] = Memory(self.labels[spec], synset, "file:" + file_digest(spec))
         self.maker = SetMaker(job.dataset, data, self.env.device, self.env.cache, self.env.progress)
-        for spec in [s for s in self.specs if s not in self.files]:
+        for spec in self.policies:
+            made[spec] = Memory(spec, spec, "policy:" + spec)
+        for spec in [s for s in self.specs if s not in self.files and s not in self.policies]:
             dcfg = self.set_cfgs[spec]
             if is_stepwise(spec):
                 def per_order(order: int, method: str = spec, dcfg: Any = dcfg) -> SyntheticSet:
@@ -168,9 +182,16 @@ class ContinualJob(Job):
                 done = {key: cell_from_dict(c) for key, c in store.cells.items()}
                 bar.update(len(wanted & set(done)))
                 bar.set_description(f"continual {m.label}")
-                test_x = self.maker.prep.preprocess(data.test_x) if callable(m.source) else m.source.preprocess(data.test_x)
-                cells = run_memory(m.source, test_x, data.test_y, benchmarks, cfg, self.env.device, done,
-                                   lambda cell: store.save(cell.key(), cell_to_dict(cell)), bar)
+                pre = m.source.preprocess if isinstance(m.source, SyntheticSet) else self.maker.prep.preprocess
+                save = lambda cell: store.save(cell.key(), cell_to_dict(cell))  # noqa: E731
+                if cfg.protocol == "er":
+                    from continual.replay import run_replay
+
+                    cells = run_replay(m.source, pre(data.train_x), data.train_y, pre(data.test_x), data.test_y, cfg,
+                                       self.env.device, done, save, bar)
+                else:
+                    cells = run_memory(m.source, pre(data.test_x), data.test_y, benchmarks, cfg, self.env.device,
+                                       done, save, bar)
                 store.close()
             out[m.label] = {"cells": cells, "artifact": str(art.path)}
         bar.close()
@@ -186,7 +207,7 @@ class ContinualJob(Job):
         for row in rows:
             row["cells"] = {key: cell_to_dict(c) for key, c in all_cells[row["memory"]]["cells"].items()}
         plot = plot_curves(curves, out / "continual.png",
-                           f"{self.config.dataset.describe(data)}: {cfg.steps} steps, {cfg.ipc} images/class, "
+                           f"{self.config.dataset.describe(data)}, {cfg.protocol}: {cfg.steps} steps, {cfg.ipc} images/class, "
                            f"{cfg.models} model(s) x {len(cfg.orders or [])} orders")
         tb = tensorboard_log(curves, out / "tensorboard") if cfg.tensorboard else None
         publish(rows, columns, out, "continual", {"dataset": data.name, "device": str(self.env.device),
