@@ -85,3 +85,42 @@ def test_real_policies_need_the_er_protocol_and_the_cli_reports_forgetting(tmp_p
     with pytest.raises(UserError):
         from continual.config import resolve_continual
         resolve_continual(ContinualConfig(protocol="gem", memories=["random"]), "digits", 10)
+
+
+def test_a_replay_cell_equals_a_plain_loop_over_avalanches_strategy():
+    """run_replay's accuracies equal those of Avalanche's Naive + ReplayPlugin written out here
+    with the same seeds: the protocol adds bookkeeping, not training."""
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer
+    from avalanche.training.supervised import Naive
+
+    from continual.benchmark import make_benchmark
+    from continual.strategy import DSAPlugin
+    from distill.evaluate import parse_arch
+    from distill.nets import init_weights
+    from distill.train import derived_seed
+
+    x, y = data(20, 3)
+    cfg = ContinualConfig(steps=3, ipc=3, orders=[1], models=1, epochs=2, archs=["convnet"], batch=32, seed=5)
+    cells = run_replay("class_balanced", x, y, x, y, cfg)
+
+    seed = derived_seed(5, 1, 0)
+    net = parse_arch("convnet").build(1, K, (8, 8))
+    init_weights(net, cfg.init, torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)
+    policy = ClassBalancedBuffer(cfg.ipc * K, adaptive_size=False, total_num_classes=K)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    strategy = Naive(model=net, optimizer=opt, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=32,
+                     train_epochs=2, device="cpu", evaluator=EvaluationPlugin(loggers=[]),
+                     plugins=[ReplayPlugin(mem_size=cfg.ipc * K, storage_policy=policy), DSAPlugin(cfg.dsa, seed),
+                              replay.RecipeLR(cfg.lr, 2, cfg.schedule)])
+    order = dm_class_order(1, K)
+    seen: list[int] = []
+    for t, (exp, classes) in enumerate(zip(make_benchmark(x, y, x, y, order, 3).train_stream, step_classes(order, 3))):
+        strategy.train(exp, num_workers=0)
+        seen += classes
+        mask = torch.isin(y, torch.tensor(seen))
+        net.eval()
+        with torch.no_grad():
+            acc = float((net(x[mask]).argmax(1) == y[mask]).float().mean())
+        assert cells[f"1/{t}"].accuracies[0] == pytest.approx(acc, abs=1e-6)
