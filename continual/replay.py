@@ -22,7 +22,9 @@ order, model)`` before each network's run, so a run's cells do not depend on whi
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from avalanche.core import SupervisedPlugin
@@ -63,6 +65,24 @@ class RecipeLR(SupervisedPlugin):
             g["lr"] = lr_at(strategy.clock.train_exp_epochs, self.epochs, self.lr, self.schedule)
 
 
+class Replay(ReplayPlugin):
+    """Avalanche's ``ReplayPlugin``, updating its storage policy through ``post_adapt``: the
+    plugin of Avalanche 0.6 still calls the policies' deprecated ``update``, which only forwards
+    to ``post_adapt`` and warns at every step."""
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+
+
+@contextmanager
+def quiet_avalanche() -> Iterator[None]:
+    """Avalanche announces an evaluator without loggers (this protocol measures the network
+    itself); that warning alone is silenced, here only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        yield
+
+
 def forgetting(acc: list[list[float]], t: int) -> float:
     """Forgetting after step ``t`` from ``acc[l][j]`` (accuracy on step ``j``'s classes after
     step ``l``): mean over ``j < t`` of ``max_{j <= l < t} acc[l][j] - acc[t][j]``; 0 at step 0."""
@@ -85,7 +105,7 @@ def replay_strategy(model: torch.nn.Module, policy: ExemplarsBuffer, cfg: Contin
     epochs = int(cfg.epochs or 1000)
     return Naive(model=model, optimizer=opt, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=cfg.batch,
                  train_epochs=epochs, eval_mb_size=500, device=device,
-                 plugins=[ReplayPlugin(mem_size=policy.max_size, storage_policy=policy), DSAPlugin(cfg.dsa, seed),
+                 plugins=[Replay(mem_size=policy.max_size, storage_policy=policy), DSAPlugin(cfg.dsa, seed),
                           RecipeLR(cfg.lr, epochs, cfg.schedule)],
                  evaluator=EvaluationPlugin(loggers=[]))
 
@@ -132,7 +152,8 @@ def run_replay(
             else:
                 policy = SyntheticMemory(memory(order) if callable(memory) else memory, cfg.ipc)
             torch.manual_seed(seed)  # Avalanche's loaders draw from the global generator
-            strategy = replay_strategy(net, policy, cfg, dev, seed)
+            with quiet_avalanche():
+                strategy = replay_strategy(net, policy, cfg, dev, seed)
             per_step: list[list[float]] = []
             for t, exp in enumerate(bm.train_stream):
                 t0 = time.perf_counter()

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import ReplayPlugin
 
 import continual.replay as replay
 from continual.benchmark import dm_class_order, step_classes
@@ -49,7 +50,7 @@ def test_each_batch_replays_the_earlier_classes_memory_within_its_budget(memory,
             seen_batches.append((strategy.experience.current_experience, strategy.mb_y.tolist()))
 
         def before_training_exp(self, strategy, **kw):
-            pol = next(p for p in strategy.plugins if type(p).__name__ == "ReplayPlugin").storage_policy
+            pol = next(p for p in strategy.plugins if isinstance(p, ReplayPlugin)).storage_policy
             sizes.append(len(pol.buffer))
 
     made = replay.replay_strategy
@@ -90,7 +91,7 @@ def test_real_policies_need_the_er_protocol_and_the_cli_reports_forgetting(tmp_p
 def test_a_replay_cell_equals_a_plain_loop_over_avalanches_strategy():
     """run_replay's accuracies equal those of Avalanche's Naive + ReplayPlugin written out here
     with the same seeds: the protocol adds bookkeeping, not training."""
-    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.storage_policy import ClassBalancedBuffer
     from avalanche.training.supervised import Naive
 
