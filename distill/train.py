@@ -296,8 +296,8 @@ def soft_loss(logits: Tensor, targets: Tensor, temperature: float = 1.0, reducti
     for target distributions ``q`` ``[B, K]`` and logits ``z``, the knowledge-distillation form
     (Hinton et al. 2015) that SRe2L-style releases evaluate with; it differs from the soft
     cross-entropy ``-sum q log softmax(z / T)`` only by the targets' entropy, a constant, so the
-    gradients (and the trained networks) are the same. At ``T = 1`` it is DATM's soft
-    cross-entropy."""
+    gradients (and the trained networks) are the same: DD-Ranking's ``kl`` and ``sce`` criteria
+    train alike at ``T = 1``."""
     t = float(temperature)
     log_p = F.log_softmax(logits / t, dim=1)
     per = (torch.xlogy(targets, targets) - targets * log_p).sum(1) * (t * t)
