@@ -345,9 +345,8 @@ def test_interrupting_the_nas_process_alone_stops_its_workers(tmp_path, signum, 
     import subprocess
     import sys
 
-    # long whole-data training: the job is still running when the signal comes, even on a loaded machine
     argv = [sys.executable, "pipelines/run.py", *_nas(tmp_path, "--proxy", "random_ipc2", "--workers", "2",
-                                                       "--whole-epochs", "4000")]
+                                                       "--whole-epochs", "400")]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers: set[int] = set()
     deadline = time.monotonic() + 300
