@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 from torch import Tensor
-from torch.utils.data import TensorDataset
 
 from distill.errors import UserError
 
@@ -29,15 +28,6 @@ def step_classes(order: list[int], steps: int) -> list[list[int]]:
                         f"{', '.join(map(str, divisors))}")
     per = k // steps
     return [list(order[i * per : (i + 1) * per]) for i in range(steps)]
-
-
-def classification_dataset(x: Tensor, y: Tensor) -> Any:
-    """Tensors -> an Avalanche ``ClassificationDataset`` of ``(x, y)`` samples."""
-    from avalanche.benchmarks.utils import as_classification_dataset
-
-    ds = TensorDataset(x, y)
-    ds.targets = y.tolist()  # type: ignore[attr-defined]
-    return as_classification_dataset(ds)
 
 
 def task_dataset(x: Tensor, y: Tensor) -> Any:

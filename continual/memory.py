@@ -18,7 +18,7 @@ from torch import Tensor
 
 from distill.errors import UserError
 from distill.files import atomic_save
-from distill.multiformation import decode, decode_labels
+from distill.multiformation import decode
 from distill.synset import SyntheticSet
 
 from .benchmark import task_dataset
@@ -59,15 +59,14 @@ def memory_for(synset: SyntheticSet, classes: list[int], ipc: int) -> tuple[Tens
     nothing else, as ``(images, labels, soft labels or None)``."""
     xs, ys, ss = [], [], []
     for c in classes:
-        mask = synset.labels == int(c)
-        stored = synset.images[mask]
+        stored = synset.class_images(int(c))
         if len(stored) != ipc:
             raise UserError(f"class {c} has {len(stored)} images in the synthetic set, the memory needs {ipc}")
         imgs = decode(stored, synset.factor)
         xs.append(imgs)
         ys.append(torch.full((len(imgs),), int(c), dtype=torch.long, device=imgs.device))
         if synset.soft_labels is not None:
-            ss.append(decode_labels(synset.soft_labels[mask.to(synset.soft_labels.device)], synset.factor))
+            ss.append(synset.decoded_class_soft(int(c)))
     if not xs:
         return synset.images[:0], synset.labels[:0], None
     return torch.cat(xs), torch.cat(ys), torch.cat(ss) if ss else None
@@ -128,8 +127,7 @@ def export_buffers(synset: SyntheticSet, path: str | os.PathLike[str]) -> Path:
     blob = {"format": BUFFERS_FORMAT, "version": 1, "buffers": buffers,
             "class_names": state["class_names"], "preprocess": state["preprocess"], "meta": state["meta"]}
     if synset.soft_labels is not None:
-        soft = synset.soft_labels.cpu()
-        blob["soft_labels"] = {int(k): decode_labels(soft[labels == k], synset.factor).contiguous() for k in present}
+        blob["soft_labels"] = {int(k): synset.decoded_class_soft(k).detach().cpu().contiguous() for k in present}
         blob["soft_temperature"] = float(synset.soft_temperature)
     if synset.lr is not None:
         blob["lr"] = float(synset.lr)

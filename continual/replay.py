@@ -136,8 +136,11 @@ def run_replay(
         keys = [f"{order}/{s}" for s in range(cfg.steps)]
         if all(key in results for key in keys):
             continue
-        groups = step_classes(dm_class_order(order, k), cfg.steps)
-        bm = make_benchmark(train_x, train_y, test_x.cpu(), test_y.cpu(), dm_class_order(order, k), cfg.steps)
+        class_order = dm_class_order(order, k)
+        groups = step_classes(class_order, cfg.steps)
+        bm = make_benchmark(train_x, train_y, test_x.cpu(), test_y.cpu(), class_order, cfg.steps)
+        step_masks = [torch.isin(test_y, torch.tensor(g, device=dev)) for g in groups]  # each step's test images
+        synset = memory(order) if callable(memory) else memory  # one set per order, whatever the models
         models = int(cfg.models or 1)
         accs = [[0.0] * models for _ in range(cfg.steps)]
         forgets = [[0.0] * models for _ in range(cfg.steps)]
@@ -147,23 +150,19 @@ def run_replay(
             gen = torch.Generator().manual_seed(seed)
             net = spec.build(train_x.shape[1], k, size)
             init_weights(net, cfg.init, gen)
-            if isinstance(memory, str):
-                policy: ExemplarsBuffer = REAL_POLICIES[memory][1](cfg.ipc, k)
-            else:
-                policy = SyntheticMemory(memory(order) if callable(memory) else memory, cfg.ipc)
+            policy: ExemplarsBuffer = (REAL_POLICIES[synset][1](cfg.ipc, k) if isinstance(synset, str)
+                                       else SyntheticMemory(synset, cfg.ipc))
             torch.manual_seed(seed)  # Avalanche's loaders draw from the global generator
             with quiet_avalanche():
                 strategy = replay_strategy(net, policy, cfg, dev, seed)
             per_step: list[list[float]] = []
+            seen = torch.zeros_like(test_y, dtype=torch.bool)
             for t, exp in enumerate(bm.train_stream):
                 t0 = time.perf_counter()
                 strategy.train(exp, num_workers=0)
-                seen = torch.tensor([c for g in groups[: t + 1] for c in g], device=dev)
-                mask = torch.isin(test_y, seen)
-                accs[t][m] = accuracy(strategy.model, test_x[mask], test_y[mask])
-                per_step.append([accuracy(strategy.model, test_x[torch.isin(test_y, torch.tensor(g, device=dev))],
-                                          test_y[torch.isin(test_y, torch.tensor(g, device=dev))])
-                                 for g in groups[: t + 1]])
+                seen |= step_masks[t]
+                accs[t][m] = accuracy(strategy.model, test_x[seen], test_y[seen])
+                per_step.append([accuracy(strategy.model, test_x[mk], test_y[mk]) for mk in step_masks[: t + 1]])
                 forgets[t][m] = forgetting(per_step, t)
                 seconds[t] += time.perf_counter() - t0
         for t in range(cfg.steps):

@@ -202,6 +202,12 @@ class SyntheticSet:
         """The training images of class ``k`` (decoded)."""
         return decode(self.class_images(k), self.factor)
 
+    def decoded_class_soft(self, k: int) -> Tensor | None:
+        """The soft labels of class ``k``'s training images (decoded alike), or None."""
+        if self.soft_labels is None:
+            return None
+        return decode_labels(self.soft_labels[(self.labels == k).to(self.soft_labels.device)], self.factor)
+
     def subset(self, classes: list[int] | Tensor) -> "SyntheticSet":
         """The set restricted to the given classes (labels unchanged)."""
         cls = torch.as_tensor(list(classes) if not isinstance(classes, Tensor) else classes)
