@@ -65,6 +65,10 @@ CASES = [
     (REPRODUCE, ["--sets", "0"], r"--sets and --models must be at least 1"),
     (REPRODUCE, ["--set", "distill.lam=.nan"], r"distill\.lam must be a finite number"),
     (REPRODUCE, ["--set", "eval.epochs=0"], r"epochs must be >= 1"),
+    # this round's inputs: DD-Ranking's whole-data accuracy, the continual protocol and its real memories
+    (EVALUATE, ["--whole-acc", "150"], r"--whole-acc is a percentage in \(0, 100\], got 150"),
+    (CONTINUAL, ["--set", "continual.protocol=gem"], r"unknown continual\.protocol 'gem'"),
+    (CONTINUAL, ["--memories", "reservoir"], r"memories reservoir are real-exemplar storage policies .* --protocol er"),
 ]
 
 
@@ -126,6 +130,7 @@ def _text(text: str):
 
 WHOLE = NAS + ["--whole-results", "{file}"]
 SYNSET = EVALUATE + ["--synset", "{file}"]
+IMPORT = ["import", "{file}", "--dataset", "digits", "--quiet"]
 
 FILE_CASES = [
     # (name, file suffix, how the file is written, argv, pattern of the one error line)
@@ -186,6 +191,22 @@ FILE_CASES = [
      r"--memories: '.*/dm\.pt' and 'dm' would both be reported as 'dm'"),
     ("memory given twice", ".pt", _good_set, CONTINUAL + ["--memories", "random,herding,random"],
      r"--memories: 'random' is given twice"),
+    # releases of other repositories (run.py import): damaged, foreign, mis-shaped or misnamed
+    ("import: text as a DC file", ".pt", _text("hello"), IMPORT + ["--format", "dc"], r"is not a DC/DSA/DM result file"),
+    ("import: a set file as a DC file", ".pt", _good_set, IMPORT + ["--format", "dc"],
+     r"is not a DC/DSA/DM result file: expected a dict with 'data'"),
+    ("import: DC experiment out of range", ".pt",
+     lambda p, path: torch.save({"data": [[p.train_x[:20], p.data.train_y[:20]]]}, path),
+     IMPORT + ["--format", "dc", "--index", "3"], r"--index 3 is out of range: .* holds 1 experiments"),
+    ("import: images of another dataset's size", ".pt",
+     lambda p, path: torch.save({"data": [torch.zeros(20, 3, 32, 32), torch.arange(10).repeat(2)]}, path),
+     IMPORT + ["--format", "datadam"], r"images are \(3, 32, 32\), digits images are .* is --dataset right"),
+    ("import: float class labels", ".pt",
+     lambda p, path: torch.save([torch.zeros(20, 1, 8, 8), torch.zeros(20)], path),
+     IMPORT + ["--format", "ncfm"], r"labels must be integer class ids"),
+    ("import: --index for a format without one", ".pt", _text("x"), IMPORT + ["--format", "ncfm", "--index", "0"],
+     r"--index chooses nothing in the ncfm format"),
+    ("import: not an MTT folder", ".pt", _text("x"), IMPORT + ["--format", "mtt"], r"is not an MTT/DATM release"),
     ("proxy given twice", ".pt", _good_set, ["nas", "--dataset", "digits", "--space", "tiny", "--quiet",
                                              "--proxy", "random_ipc2,random_ipc2"], r"--proxy: 'random_ipc2' is given twice"),
     ("proxy file named like a table row", ".pt", _good_set, ["nas", "--dataset", "digits", "--space", "tiny",
@@ -212,6 +233,7 @@ def test_bad_file_is_one_error_line_and_exit_2(tmp_path, capsys, digits_prep, wr
     assert len(err) == 1 and err[0].startswith("error: ") and re.search(pattern, err[0]), err
     assert not list(tmp_path.glob("cache/*/*/*.json")) and not list(tmp_path.glob("cache/*/*/synset.pt"))
     assert not (tmp_path / "out" / "evaluation.json").exists() and not (tmp_path / "run" / "synset.pt").exists()
+    assert not (tmp_path / "out" / "synset.pt").exists()  # an import refused writes no set
 
 
 def test_list_shows_damaged_artifact_folders_as_partial(tmp_path, capsys):
