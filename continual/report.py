@@ -58,7 +58,11 @@ def plot_curves(curves: dict[str, list[StepStats]], path: str | Path, title: str
                         color=line.get_color(), alpha=0.18, linewidth=0)
     ax.set_xlabel("number of classes")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
+    if replay:  # the long title over both panels
+        fig.suptitle(title, fontsize=10)
+        ax.set_title("accuracy on the classes seen so far")
+    else:
+        ax.set_title(title)
     ax.set_xticks([s.classes for s in next(iter(curves.values()))])
     ax.grid(alpha=0.3)
     ax.legend(title="memory (final acc.)", fontsize=8)

@@ -75,8 +75,11 @@ def load_imagenet64(root: Path) -> ImageData:
             sizes.append(int(z["labels"].shape[0]) if "labels" in z.files else 0)
     train_x = torch.empty(sum(sizes), 3, SIDE, SIDE, dtype=torch.uint8)
     train_y = torch.empty(sum(sizes), dtype=torch.long)
+    from tqdm import tqdm
+
     at = 0
-    for f, n in zip(present, sizes):
+    for f, n in tqdm(list(zip(present, sizes)), desc="imagenet64 training batches", unit="file", leave=False,
+                     disable=len(present) < 2, dynamic_ncols=True):
         data, labels = _arrays(base / f)
         if len(data) != n:
             raise UserError(f"{base / f} changed while it was read")
