@@ -126,62 +126,29 @@ def early_condition(whole: Condition, proxy_images: int, cfg: NASConfig) -> tupl
                             whole.num_classes, early_epochs(steps, len(whole.x), cfg.batch), max_steps=steps)
 
 
-def stop_workers(procs: list[Any], grace: float = 30.0) -> None:
-    """Interrupt live worker processes as Ctrl-C in a terminal would (SIGINT), then terminate
-    those still alive after ``grace`` seconds; their unfinished trials are reaped on resume."""
-    for p in procs:
-        if p.is_alive() and p.pid is not None:
-            os.kill(p.pid, signal.SIGINT)
-    deadline = time.monotonic() + grace
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.terminate()
-            p.join()
-
-
 def train_all(name: str, journal: Path, cond: Condition, cfg: NASConfig, device: torch.device,
               progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, dict[str, Any]]:
     """Train every candidate of ``cfg.space`` under ``cond`` in study ``name`` (a journal file,
     or ``cfg.storage``); return ``candidate -> result row`` once all are done."""
-    from .space import get_space
-    from .study import finished, open_storage, open_study, reap, results_table, run_worker
+    from workers.claims import finished, open_storage, open_study, reap, results_table, run_worker
+    from workers.pool import run_pool
+
+    from .space import get_space, space_cells
     from .train import train_candidate
     from .worker import to_device, worker_main
 
-    space = get_space(cfg.space)
+    cells = space_cells(get_space(cfg.space))
     study = open_study(name, open_storage(cfg.storage, journal, cfg.heartbeat))
     dead = reap(study)
     if dead:
         print(f"  {name}: resuming; {dead} trial(s) of stopped workers failed, their candidates are trained again")
-    total = len(grid(space))
+    total = len(cells.params)
     if cfg.workers == 1:
         dev_cond = to_device(cond, device)
-        run_worker(study, space, lambda p, i: train_candidate(p, i, dev_cond, cfg, device), progress)
+        run_worker(study, cells, lambda p, i: train_candidate(p, i, dev_cond, cfg, device), progress)
     else:
-        import torch.multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
-        procs = [ctx.Process(target=worker_main, args=(cfg.storage, str(journal), name, cond, cfg,
-                                                       f"cuda:{i % gpus}" if gpus else "cpu", threads))
-                 for i in range(cfg.workers)]
-        try:
-            for p in procs:
-                p.start()
-            while any(p.is_alive() for p in procs):
-                progress(len(finished(study)), total)
-                time.sleep(1.0)
-        except BaseException:  # Ctrl-C or a kill of this process alone: stop the workers with it
-            stop_workers(procs)
-            raise
-        bad = [p.exitcode for p in procs if p.exitcode]
-        if bad and len(finished(study)) == total:  # the survivors finished the dead workers' candidates
-            print(f"  {name}: {len(bad)} worker(s) stopped (exit codes {bad}); the others finished their candidates")
-        elif bad:
-            raise UserError(f"{len(bad)} NAS worker(s) failed (exit codes {bad}); run the same command "
-                            "again to resume the study")
+        run_pool(worker_main, (cfg.storage, str(journal), name, cond, cfg), cfg.workers, device,
+                 lambda: len(finished(study)), total, name, progress)
     rows = results_table(study)
     progress(len(rows), total)
     if len(rows) < total:

@@ -8,6 +8,7 @@ from typing import Any
 
 from distill.errors import UserError, choice_error
 from distill.nets import ACTIVATIONS, NORMS, POOLINGS, NetSpec
+from workers import Cells
 
 KEYS = ("depth", "width", "act", "norm", "pool")
 SPACES: dict[str, dict[str, list[Any]]] = {
@@ -39,6 +40,12 @@ def grid(space: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def candidate_name(params: dict[str, Any]) -> str:
     """``{'depth': 3, 'width': 128, ...}`` -> ``d3-w128-relu-instancenorm-avgpooling``."""
     return f"d{params['depth']}-w{params['width']}-{params['act']}-{params['norm']}-{params['pool']}"
+
+
+def space_cells(space: dict[str, list[Any]]) -> Cells:
+    """The candidates of ``space`` as the cells of a study (``workers``): the search keys as
+    categorical parameters, the grid's order, ranked by validation accuracy."""
+    return Cells({k: list(space[k]) for k in KEYS}, grid(space), candidate_name, value="val_acc")
 
 
 def candidate_spec(params: dict[str, Any]) -> NetSpec:

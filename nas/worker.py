@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
+from workers.claims import open_storage, open_study, run_worker
+
 from .config import NASConfig
-from .space import get_space
-from .study import open_storage, open_study, run_worker
+from .space import get_space, space_cells
 from .train import Condition, train_candidate
 
 
@@ -23,6 +24,5 @@ def worker_main(storage_url: str | None, journal: str, study_name: str, cond: Co
     torch.set_num_threads(max(1, threads))
     dev = torch.device(device)
     cond = to_device(cond, dev)
-    space = get_space(cfg.space)
     study = open_study(study_name, open_storage(storage_url, Path(journal), cfg.heartbeat))
-    run_worker(study, space, lambda params, index: train_candidate(params, index, cond, cfg, dev))
+    run_worker(study, space_cells(get_space(cfg.space)), lambda params, index: train_candidate(params, index, cond, cfg, dev))

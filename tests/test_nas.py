@@ -17,9 +17,9 @@ from scipy.stats import spearmanr
 
 from distill.errors import UserError
 from nas.report import best_pick, spearman, summary_row, top_k_spearman
-from nas.space import SPACES, candidate_name, candidate_spec, grid
-from nas.study import (ORPHAN_SECONDS, candidate_of, finished, make_objective, open_storage, open_study, reap,
-                       results_table, run_worker, worker_alive, worker_id)
+from nas.space import SPACES, candidate_name, candidate_spec, grid, space_cells
+from workers.claims import (ORPHAN_SECONDS, candidate_of, finished, make_objective, open_storage, open_study, reap,
+                            results_table, run_worker, worker_alive, worker_id)
 from nas.train import val_split
 from pipelines.run import main
 
@@ -83,7 +83,7 @@ def _dead_worker() -> str:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", "from nas.study import worker_id; print(worker_id())"],
+    proc = subprocess.run([sys.executable, "-c", "from workers.claims import worker_id; print(worker_id())"],
                           capture_output=True, text=True, check=True)
     return proc.stdout.strip()
 
@@ -119,7 +119,7 @@ def test_killed_study_resumes_without_repeating_finished_candidates(tmp_path):
         return train(params, index)
 
     with pytest.raises(KeyboardInterrupt):
-        run_worker(study, space, interrupted)
+        run_worker(study, space_cells(space), interrupted)
     first = list(calls)
     assert len(finished(study)) == 2 and study.trials[-1].state == optuna.trial.TrialState.FAIL
     # a process killed outright leaves its trial RUNNING, signed by a pid that no longer exists
@@ -132,12 +132,12 @@ def test_killed_study_resumes_without_repeating_finished_candidates(tmp_path):
     unsigned = study.ask()
     frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert reap(study, now=frozen[unsigned.number].datetime_start) == 1  # the dead worker's only
-    assert candidate_of(frozen[unsigned.number]) == candidate_name(left[0])
+    assert candidate_of(frozen[unsigned.number], space_cells(space)) == candidate_name(left[0])
 
     again = open_study("s", open_storage(None, tmp_path / "j.log"))
     later = frozen[unsigned.number].datetime_start + timedelta(seconds=ORPHAN_SECONDS + 1)
     assert reap(again, now=later) == 1
-    run_worker(again, space, train)
+    run_worker(again, space_cells(space), train)
     rows = results_table(again)
     assert sorted(rows) == sorted(candidate_name(p) for p in grid(space))
     assert len(calls) == 4 and sorted(calls) == sorted(rows)  # each candidate trained exactly once
@@ -151,7 +151,7 @@ def test_two_concurrent_workers_complete_the_grid_once(tmp_path):
 
     def worker():
         st = open_study("c", open_storage(None, tmp_path / "j.log"))
-        run_worker(st, space, _fake_train(calls, delay=0.2), poll=0.05)
+        run_worker(st, space_cells(space), _fake_train(calls, delay=0.2), poll=0.05)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:
@@ -168,14 +168,14 @@ def test_duplicate_trial_is_pruned_before_training(tmp_path):
     space = SPACES["tiny"]
     study = open_study("d", open_storage(None, tmp_path / "j.log"))
     calls: list[str] = []
-    run_worker(study, space, _fake_train(calls))
+    run_worker(study, space_cells(space), _fake_train(calls))
     params = grid(space)[0]
     study.enqueue_trial(params)
-    study.optimize(make_objective(study, space, _fake_train(calls)), n_trials=1)
+    study.optimize(make_objective(study, space_cells(space), _fake_train(calls)), n_trials=1)
     last = study.trials[-1]
     assert last.state == optuna.trial.TrialState.PRUNED and "duplicate_of" in last.user_attrs
     # a trial without a claimed candidate never trains
-    study.optimize(make_objective(study, space, _fake_train(calls)), n_trials=1)
+    study.optimize(make_objective(study, space_cells(space), _fake_train(calls)), n_trials=1)
     assert study.trials[-1].state == optuna.trial.TrialState.PRUNED and "candidate" not in study.trials[-1].user_attrs
     assert len(calls) == 4 and len(results_table(study)) == 4
 
@@ -189,7 +189,7 @@ def test_two_claims_of_one_candidate_train_it_once(tmp_path):
     study.enqueue_trial(params)
     study.enqueue_trial(params)
     calls: list[str] = []
-    study.optimize(make_objective(study, space, _fake_train(calls)), n_trials=2)
+    study.optimize(make_objective(study, space_cells(space), _fake_train(calls)), n_trials=2)
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
     assert calls == [candidate_name(params)] and study.trials[1].user_attrs["duplicate_of"] == 0
@@ -198,8 +198,8 @@ def test_two_claims_of_one_candidate_train_it_once(tmp_path):
 _WORKER = """
 import os, sys, time
 from pathlib import Path
-import nas.study as st
-from nas.space import SPACES, candidate_name
+import workers.claims as st
+from nas.space import SPACES, candidate_name, space_cells
 
 journal, log, url, remote = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] or None, sys.argv[4] == "remote"
 if remote:  # a worker on another machine: only its heartbeat can tell that it died
@@ -214,7 +214,7 @@ def train(params, index):
         fh.write(f"end {name}\\n")
     return {"val_acc": 0.1 * index, "test_acc": 0.05 * index, "seconds": 1.5, "images": 1}
 
-st.run_worker(st.open_study("k", st.open_storage(url, journal, heartbeat=1)), SPACES["tiny"], train, poll=0.2)
+st.run_worker(st.open_study("k", st.open_storage(url, journal, heartbeat=1)), space_cells(SPACES["tiny"]), train, poll=0.2)
 """
 
 
@@ -495,7 +495,7 @@ from pathlib import Path
 go = Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.001)
-from nas.study import open_storage, open_study
+from workers.claims import open_storage, open_study
 storage = open_storage(sys.argv[1], Path(sys.argv[3]))
 open_study("fresh", storage)
 print("ok")

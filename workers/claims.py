@@ -1,7 +1,8 @@
-"""Optuna studies over the search space: one study per (proxy, condition), shared by any number
-of workers (processes here, or machines on an RDB), with storage in a journal file (one host)
-or an RDB (several machines). The bookkeeping that makes a study exact (docs/protocols.md
-section 5):
+"""Work shared by any number of workers through an Optuna study: a fixed set of independent
+cells (:class:`workers.Cells`: NAS candidates, continual cells, reproduce cells), each computed
+once, by worker processes here or on machines sharing an RDB, with storage in a journal file
+(one host) or an RDB (several machines). The bookkeeping that makes a study exact
+(docs/protocols.md section 10); "candidate" below is any cell:
 
 - **claims.** A worker picks a candidate that no trial holds yet and enqueues a trial for it
   (the candidate is fixed in the same storage write that numbers the trial). Trials without a
@@ -35,9 +36,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from distill.errors import UserError, reason
 
-from .space import KEYS, candidate_name, grid
+from . import Cells
 
-Objective = Callable[[dict[str, Any], int], dict[str, Any]]
+Objective = Callable[[dict[str, Any], int], dict[str, Any]]  # (cell params, cell index) -> its results
 
 ORPHAN_SECONDS = 300.0  # a RUNNING trial no worker has signed for this long lost its worker before it began
 
@@ -165,12 +166,13 @@ def worker_alive(worker: str) -> bool:
     return stat[0] != "Z" and (start == "?" or stat[19] == start)
 
 
-def candidate_of(t: FrozenTrial) -> str | None:
-    """The candidate a trial holds: recorded, trained, or claimed when it was enqueued."""
+def candidate_of(t: FrozenTrial, cells: Cells) -> str | None:
+    """The cell a trial holds: recorded, trained, or claimed when it was enqueued."""
     if "candidate" in t.user_attrs:
         return t.user_attrs["candidate"]
-    params = t.params if set(t.params) >= set(KEYS) else t.system_attrs.get("fixed_params", {})
-    return candidate_name(params) if set(params) >= set(KEYS) else None
+    keys = set(cells.keys)
+    params = t.params if set(t.params) >= keys else t.system_attrs.get("fixed_params", {})
+    return cells.name_of(params) if set(params) >= keys else None
 
 
 def finished(study: optuna.Study) -> dict[str, FrozenTrial]:
@@ -183,13 +185,13 @@ def finished(study: optuna.Study) -> dict[str, FrozenTrial]:
     return out
 
 
-def held(study: optuna.Study, before: int | None = None) -> dict[str, int]:
-    """Candidate name -> the lowest number of a waiting or running trial holding it (numbered
-    below ``before``)."""
+def held(study: optuna.Study, cells: Cells, before: int | None = None) -> dict[str, int]:
+    """Cell name -> the lowest number of a waiting or running trial holding it (numbered below
+    ``before``)."""
     out: dict[str, int] = {}
     live = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
     for t in sorted(live, key=lambda t: t.number):
-        name = candidate_of(t)
+        name = candidate_of(t, cells)
         if name and (before is None or t.number < before):
             out.setdefault(name, t.number)
     return out
@@ -215,17 +217,17 @@ def reap(study: optuna.Study, now: datetime | None = None) -> int:
     return failed() - before
 
 
-def make_objective(study: optuna.Study, space: dict[str, list[Any]], train: Objective) -> Callable:
-    index = {candidate_name(p): i for i, p in enumerate(grid(space))}
+def make_objective(study: optuna.Study, cells: Cells, train: Objective) -> Callable:
+    index = {name: i for i, name in enumerate(cells.names)}
     me = worker_id()
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", me)
-        params = {k: trial.suggest_categorical(k, space[k]) for k in KEYS}  # the claimed candidate
-        name = candidate_name(params)
+        params = {k: trial.suggest_categorical(k, cells.choices[k]) for k in cells.keys}  # the claimed cell
+        name = cells.name_of(params)
         trial.set_user_attr("candidate", name)
         first = finished(study).get(name)
-        earlier = held(study, before=trial.number).get(name)
+        earlier = held(study, cells, before=trial.number).get(name)
         if first is not None or earlier is not None:
             number = first.number if first is not None else earlier
             trial.set_user_attr("duplicate_of", number)
@@ -233,20 +235,19 @@ def make_objective(study: optuna.Study, space: dict[str, list[Any]], train: Obje
         result = train(params, index[name])
         for key, value in result.items():
             trial.set_user_attr(key, value)
-        return float(result["val_acc"])
+        return float(result[cells.value]) if cells.value else 0.0
 
     return objective
 
 
-def run_worker(study: optuna.Study, space: dict[str, list[Any]], train: Objective,
+def run_worker(study: optuna.Study, cells: Cells, train: Objective,
                on_trial: Callable[[int, int], None] | None = None, poll: float = 2.0) -> None:
-    """Claim and train candidates until every one has a complete trial, waiting for (and
-    taking over from dead) workers that hold the last ones."""
-    params = grid(space)
-    names = [candidate_name(p) for p in params]
-    shift = os.getpid() % len(names)  # workers start at different candidates: fewer collisions
+    """Claim and compute cells until every one has a complete trial, waiting for (and taking
+    over from dead) workers that hold the last ones."""
+    params, names = cells.params, cells.names
+    shift = os.getpid() % len(names)  # workers start at different cells: fewer collisions
     order = list(range(shift, len(names))) + list(range(shift))
-    objective = make_objective(study, space, train)
+    objective = make_objective(study, cells, train)
     while True:
         reap(study)
         done = finished(study)
@@ -254,7 +255,7 @@ def run_worker(study: optuna.Study, space: dict[str, list[Any]], train: Objectiv
             on_trial(len(done), len(names))
         if len(done) == len(names):
             return
-        taken = held(study)
+        taken = held(study, cells)
         free = [i for i in order if names[i] not in done and names[i] not in taken]
         if free:
             study.enqueue_trial(params[free[0]], skip_if_exists=False)
@@ -265,7 +266,7 @@ def run_worker(study: optuna.Study, space: dict[str, list[Any]], train: Objectiv
 
 
 def results_table(study: optuna.Study) -> dict[str, dict[str, Any]]:
-    """Candidate name -> its params and results (one row per candidate, duplicates dropped)."""
+    """Cell name -> its params and results (one row per cell, duplicates dropped)."""
     bookkeeping = {"candidate", "worker"}
     return {name: {**t.params, **{k: v for k, v in t.user_attrs.items() if k not in bookkeeping}, "trial": t.number}
             for name, t in finished(study).items()}
