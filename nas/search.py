@@ -17,9 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import signal
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +32,7 @@ from distill.synset import SyntheticSet
 from distill.train import steps_per_epoch
 
 from .config import NASConfig
-from .space import KEYS, candidate_name, candidate_spec, grid
+from .space import KEYS, candidate_name, candidate_spec
 from .train import Condition, early_epochs, val_split
 
 
