@@ -58,21 +58,27 @@ def run_memory(
     done: dict[str, CellResult] | None = None,
     on_cell: Callable[[CellResult], None] | None = None,
     progress: Any = None,
+    only: set[str] | None = None,
 ) -> dict[str, CellResult]:
     """Run the protocol for one memory over every class order in ``benchmarks`` (order seed ->
-    Avalanche benchmark). ``memory`` is one set for every order, or a function giving the set of
-    an order (coreset memories built step by step, ``continual.baselines``), called only for
-    orders with cells left to run. ``test_x`` is the whole real test set in the sets' input
-    space. Cells in ``done`` are kept, not recomputed; ``on_cell`` sees each new cell."""
+    Avalanche benchmark), or only the cells ``only`` names (``"order/step"``). ``memory`` is
+    one set for every order, or a function giving the set of an order (coreset memories built
+    step by step, ``continual.baselines``), called only for orders with cells left to run.
+    ``test_x`` is the whole real test set in the sets' input space. Cells in ``done`` are kept,
+    not recomputed; ``on_cell`` sees each new cell."""
     dev = torch.device(device)
     spec = parse_arch(cfg.archs[0])
     test_x, test_y = test_x.to(dev), test_y.to(dev)
     set_for = memory if callable(memory) else (lambda _order: memory)
     results = dict(done or {})
     ens = None
+
+    def wanted(key: str) -> bool:
+        return key not in results and (only is None or key in only)
+
     for order in cfg.orders or []:
         stream = list(benchmarks[order].train_stream)
-        if all(f"{order}/{int(exp.current_experience)}" in results for exp in stream):
+        if not any(wanted(f"{order}/{int(exp.current_experience)}") for exp in stream):
             continue
         synset = set_for(order)
         k, size = synset.num_classes, (synset.images.shape[2], synset.images.shape[3])
@@ -82,7 +88,7 @@ def run_memory(
         for exp in stream:
             step = int(exp.current_experience)
             key = f"{order}/{step}"
-            if key in results:
+            if not wanted(key):
                 continue
             t0 = time.perf_counter()
             buffers.post_adapt(None, exp)

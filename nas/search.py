@@ -124,9 +124,11 @@ def early_condition(whole: Condition, proxy_images: int, cfg: NASConfig) -> tupl
 
 
 def train_all(name: str, journal: Path, cond: Condition, cfg: NASConfig, device: torch.device,
-              progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, dict[str, Any]]:
+              progress: Callable[[int, int], None] = lambda done, total: None,
+              threads: int | None = None) -> dict[str, dict[str, Any]]:
     """Train every candidate of ``cfg.space`` under ``cond`` in study ``name`` (a journal file,
-    or ``cfg.storage``); return ``candidate -> result row`` once all are done."""
+    or ``cfg.storage``); return ``candidate -> result row`` once all are done (``threads``:
+    each spawned worker's CPU threads, ``workers.pool.worker_devices``)."""
     from workers.claims import finished, open_storage, open_study, reap, results_table, run_worker
     from workers.pool import run_pool
 
@@ -145,7 +147,7 @@ def train_all(name: str, journal: Path, cond: Condition, cfg: NASConfig, device:
         run_worker(study, cells, lambda p, i: train_candidate(p, i, dev_cond, cfg, device), progress)
     else:
         run_pool(worker_main, (cfg.storage, str(journal), name, cond, cfg), cfg.workers, device,
-                 lambda: len(finished(study)), total, name, progress)
+                 lambda: len(finished(study)), total, name, progress, threads)
     rows = results_table(study)
     progress(len(rows), total)
     if len(rows) < total:

@@ -184,7 +184,8 @@ class CellStore:
     memory): ``cells.partial.json`` grows as cells finish (atomically, after each one), and the
     artifact's result ``cells.json`` holds them all once every wanted cell is there. Cells asked
     for later (more class orders) are added the same way, so nothing finished is computed twice.
-    The caller holds the artifact's lock while it writes."""
+    Several processes add cells through :meth:`add`, which rereads and writes under the store's
+    own lock."""
 
     def __init__(self, art: Artifact, wanted: set[str]):
         self.art, self.wanted = art, set(wanted)
@@ -201,6 +202,17 @@ class CellStore:
     def save(self, key: str, value: Any) -> None:
         self.cells[key] = value
         atomic_text(self.partial, json.dumps(self.cells, indent=1))
+
+    @classmethod
+    def add(cls, art: Artifact, wanted: set[str], cells: dict[str, Any]) -> "CellStore":
+        """Add ``cells`` to the store as it is on disk now (other processes may have added
+        theirs since this one read it) and close it when complete; under the store's lock."""
+        with file_lock(art.path.parent / f".{art.path.name}.cells.lock"):
+            store = cls(art, wanted)
+            store.cells.update(cells)
+            atomic_text(store.partial, json.dumps(store.cells, indent=1))
+            store.close()
+        return store
 
     def close(self) -> bool:
         """Write ``cells.json`` when every wanted cell is done (and drop the partial file);

@@ -33,6 +33,16 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any], str]] = {
                   "data folder (default: the one the set was made from where it still holds the data, else data)"),
     "seed": (("--seed",), {"type": int}, "random seed (default 0)"),
     "force": (("--force",), {"action": "store_true"}, "recompute what is cached instead of reusing it"),
+    "workers": (("--workers",), {"type": int, "metavar": "N"},
+                "worker processes sharing the cells (default 1: this process alone; one per GPU round-robin, "
+                "or the CPU threads split); each cell is computed once, also when a worker dies"),
+    "threads": (("--threads",), {"type": int, "metavar": "N"},
+                "torch CPU threads of this process and of each worker (default: torch's own, and the cores "
+                "split evenly among --workers); CPU results are bitwise equal between runs with equal threads"),
+    "storage": (("--storage",), {"metavar": "URL"},
+                "an Optuna RDB URL that processes on several machines running the same command share, e.g. "
+                "postgresql+psycopg2://user:pass@host/db (pip install -e '.[postgres]'); default: a journal "
+                "file in the cache"),
 }
 
 

@@ -15,6 +15,7 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 try:  # running as a script from a checkout without installing the package
@@ -51,6 +52,22 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (``--threads``) while a job runs, then restored."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
@@ -66,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
                 check_writable(getattr(args, flag), f"--{flag}")
         with contextlib.redirect_stdout(tee):
             job = args.job.from_args(args, run)
-            job.resolve()
-            if getattr(args, "explain", False):
-                print(job.explain())
-                code = 0
-            else:
-                code = int(job.run())
+            with cpu_threads(job.env.threads):
+                job.resolve()
+                if getattr(args, "explain", False):
+                    print(job.explain())
+                    code = 0
+                else:
+                    code = int(job.run())
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2

@@ -43,3 +43,43 @@ def interrupt(monkeypatch):
         return real
 
     return apply
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on a free loopback port (Debian's ``postgresql`` package;
+    ``.ci/run`` installs it), with a database ``nas``; yields its SQLAlchemy URL."""
+    import glob
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        pytest.skip("PostgreSQL server binaries not installed (Debian: apt-get install postgresql)")
+    pytest.importorskip("psycopg2", reason="the postgres extra is not installed (pip install -e '.[postgres]')")
+    bindir = Path(initdb[-1]).parent
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # the server refuses root
+    folder = Path(tempfile.mkdtemp(prefix="pg-test-", dir="/tmp"))
+    if as_owner:
+        shutil.chown(folder, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = folder / "db"
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run([*as_owner, str(bindir / tool), *args], check=True, capture_output=True, timeout=120)
+
+    pg("initdb", "-D", str(db), "-A", "trust", "-U", "postgres")
+    pg("pg_ctl", "-D", str(db), "-l", str(folder / "log"), "-w", "-o",
+       f"-p {port} -h 127.0.0.1 -k {folder}", "start")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "nas")
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/nas"
+    finally:
+        pg("pg_ctl", "-D", str(db), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

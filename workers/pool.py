@@ -16,11 +16,11 @@ import torch
 from distill.errors import UserError
 
 
-def worker_devices(device: torch.device, workers: int) -> tuple[list[str], int]:
+def worker_devices(device: torch.device, workers: int, threads: int | None = None) -> tuple[list[str], int]:
     """Each worker's device (``cuda:i mod #GPUs`` for a CUDA device, else ``cpu``) and the
-    torch threads each gets (the CPU cores split evenly, at least one)."""
+    torch threads each gets (``threads``, else the CPU cores split evenly, at least one)."""
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(workers)], threads
 
 
@@ -40,15 +40,17 @@ def stop_workers(procs: list[Any], grace: float = 30.0) -> None:
 
 def run_pool(target: Callable[..., None], args: tuple[Any, ...], workers: int, device: torch.device,
              done: Callable[[], int], total: int, label: str,
-             progress: Callable[[int, int], None] = lambda done, total: None, poll: float = 1.0) -> None:
-    """Run ``target(*args, device, threads)`` in ``workers`` spawned processes until all return,
+             progress: Callable[[int, int], None] = lambda done, total: None, threads: int | None = None,
+             poll: float = 1.0) -> None:
+    """Run ``target(*args, device, threads)`` in ``workers`` spawned processes (threads as
+    :func:`worker_devices` gives them) until all return,
     reporting ``progress(done(), total)``. Workers that died are tolerated when the others
     finished every cell (``done() == total``); otherwise the run stops with one error line."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    devices, threads = worker_devices(device, workers)
-    procs = [ctx.Process(target=target, args=(*args, dev, threads)) for dev in devices]
+    devices, each = worker_devices(device, workers, threads)
+    procs = [ctx.Process(target=target, args=(*args, dev, each)) for dev in devices]
     try:
         for p in procs:
             p.start()

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from distill.config import Sources, execution_free, to_dict
+from distill.errors import UserError
 from distill.registry import add, find, import_modules
 from distill.synset import library_versions
 
@@ -49,6 +50,9 @@ class Env:
     out: str | None = None  # None: a fresh runs/<job>-<time>/
     quiet: bool = False
     overwrite: bool = False  # --force: the run folder's results of other work may be replaced
+    workers: int = 1  # --workers: processes computing the job's cells (pipelines.runner)
+    threads: int | None = None  # --threads: torch CPU threads of this process and of each worker
+    storage: str | None = None  # --storage: the RDB the cells are shared through (several machines)
 
     @property
     def progress(self) -> bool:
@@ -115,9 +119,14 @@ class Job:
         config = build_config(cls.Config, getattr(args, "config", None), getattr(args, "set", None), flags,
                               cls.bases(args, device), sources, cls.implied(args))
         force = getattr(args, "force", False)
+        workers, threads = getattr(args, "workers", None), getattr(args, "threads", None)
+        for flag, value in (("--workers", workers), ("--threads", threads)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}")
         env = Env(cache=Cache(getattr(args, "cache", None) or "artifacts", force and cls.force_remakes),
                   device=device, run=run, out=getattr(args, "out", None), quiet=getattr(args, "quiet", False),
-                  overwrite=force)
+                  overwrite=force, workers=workers or 1, threads=threads,
+                  storage=getattr(args, "storage", None))
         sources.set("device", f"--device {getattr(args, 'device', 'auto')}" + (" (cuda if available)" if getattr(
             args, "device", "auto") == "auto" else ""))
         sources.set("cache", "--cache" if getattr(args, "cache", "artifacts") != "artifacts" else "default")
@@ -139,6 +148,11 @@ class Job:
 
     def run(self) -> int:  # pragma: no cover - every job implements it
         raise NotImplementedError
+
+    def cell_plan(self) -> Any:
+        """A job made of independent cells returns its ``pipelines.runner.CellPlan`` (called
+        after :meth:`resolve`, by the job's run and by every worker process)."""
+        raise NotImplementedError(f"{self.name} has no cells")
 
     def record(self) -> dict[str, Any]:
         """The resolved config as written to the run's ``config.yaml`` (``to_dict`` sections,

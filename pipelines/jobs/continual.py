@@ -10,8 +10,8 @@ run only redraws the outputs.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
 
 from continual.config import PROTOCOLS, REAL_MEMORIES, ContinualConfig, resolve_continual
 from distill.config import execution_free, to_dict
@@ -21,12 +21,16 @@ from distill.report import publish
 from distill.settings import DistillSettings, SetConfig, settings_for
 from distill.synset import SyntheticSet
 
-from ..cache import CellStore, config_key, file_digest
+from ..cache import CellStore, config_key, file_digest, file_lock
 from ..cli import csv_ints, csv_items
 from ..common import DataConfig
 from ..named_sets import is_path, report_labels
+from ..runner import CellPlan, check_storage, run_plan
 from ..sets import SetMaker, set_key_config
 from . import Job, register_job
+
+if TYPE_CHECKING:
+    from continual.protocol import CellResult
 
 CELL_SELECTION = ("memories", "orders")  # which cells a run wants, not what one cell computes
 
@@ -69,7 +73,7 @@ class ContinualJob(Job):
                 "python pipelines/run.py continual --memories random,runs/x/synset.pt --orders 0,1",
                 "python pipelines/run.py continual --protocol er --memories reservoir,class_balanced,herding,dm,atom")
     Config = ContinualJobConfig
-    options = ("dataset", "data_root", "seed", "cache", "force", *Job.options)
+    options = ("dataset", "data_root", "seed", "cache", "force", "workers", "threads", "storage", *Job.options)
     option_help = {"dataset": "dataset (default cifar100)", "data_root": "data folder (default: data)",
                    "seed": "training seed (default 0)", "force": "recompute cached memories and results"}
     flags = {"dataset": ("dataset.name", None), "data_root": ("dataset.root", None), "steps": ("continual.steps", None),
@@ -106,6 +110,7 @@ class ContinualJob(Job):
         settings_for(methods, job.distill)
         self.set_cfgs = self.resolve_sets({s: SetConfig.of(s, self.cfg.ipc, job.distill) for s in methods},
                                           self.data.image_size[0], self.data.name)
+        check_storage(self.env.storage)
 
     def record(self) -> dict[str, Any]:
         return {"dataset": to_dict(self.config.dataset), "continual": to_dict(self.cfg),
@@ -113,18 +118,12 @@ class ContinualJob(Job):
                 **{k: v for k, v in super().record().items() if k in ("device", "cache", "versions")}}
 
     def run(self) -> int:
-        from continual.protocol import benchmarks_for
-
         cfg, data = self.cfg, self.data
         out, _ = self.open_folder(f"continual-{data.name}-{cfg.steps}steps")
         print(f"continual learning ({cfg.protocol}) on {self.config.dataset.describe(data)}: {cfg.steps} steps, ipc {cfg.ipc}, "
               f"{cfg.models} model(s) x {len(cfg.orders or [])} class orders, {cfg.epochs} epochs, memories "
               f"{', '.join(self.specs)}, on {self.env.device} -> {out}")
-        memories = self.memories()
-        benchmarks = {} if cfg.protocol == "er" else benchmarks_for(data.train_x, data.train_y, data.test_x, data.test_y,
-                                                                    data.num_classes, cfg)
-        cells = self.run_cells(memories, benchmarks)
-        self.tables(cells, out)
+        self.tables(self.run_cells(), out)
         return 0
 
     def memories(self) -> list[Memory]:
@@ -161,51 +160,97 @@ class ContinualJob(Job):
                 made[spec] = Memory(spec, synset, "buffer:" + self.maker.artifact(dcfg).key)
         return [made[s] for s in self.specs]
 
-    def run_cells(self, memories: list[Memory], benchmarks: dict[int, Any]) -> dict[str, dict[str, Any]]:
-        """Every memory's (order, step) cells, from the cache where finished."""
-        from tqdm import tqdm
-
-        from continual.protocol import cell_from_dict, cell_to_dict, run_memory
+    def cell_plan(self) -> CellPlan:
+        """The cells: (memory, order, step) under gdumb, (memory, order) under experience replay
+        (its steps build on each other), each cached in its memory's artifact as it finishes."""
+        from continual.protocol import benchmarks_for, cell_to_dict, run_memory
 
         cfg, data = self.cfg, self.data
+        memories = {m.label: m for m in self.memories()}
+        benchmarks = {} if cfg.protocol == "er" else benchmarks_for(data.train_x, data.train_y, data.test_x,
+                                                                    data.test_y, data.num_classes, cfg)
         proto = {key: v for key, v in execution_free(to_dict(cfg)).items() if key not in CELL_SELECTION}
-        wanted = {f"{o}/{s}" for o in cfg.orders or [] for s in range(cfg.steps)}
-        bar = tqdm(total=len(memories) * len(wanted), desc="continual", disable=self.env.quiet, dynamic_ncols=True)
-        out: dict[str, dict[str, Any]] = {}
-        for m in memories:
+        orders, steps = cfg.orders or [], range(cfg.steps)
+        wanted = {f"{o}/{s}" for o in orders for s in steps}
+        arts = {}
+        for m in memories.values():
             art = self.env.cache.artifact("continual", f"{data.name}_{m.label}_{cfg.steps}steps",
                                           {"memory": m.identity, "dataset": self.config.dataset.identity(data),
                                            "protocol": proto}, "cells.json")
-            with art.lock():  # another run on the same memory and protocol: wait, then reuse its cells
+            with art.lock():  # its folder, emptied once under --force
                 self.env.cache.open(art)
-                store = CellStore(art, wanted)
-                done = {key: cell_from_dict(c) for key, c in store.cells.items()}
-                bar.update(len(wanted & set(done)))
-                bar.set_description(f"continual {m.label}")
-                pre = m.source.preprocess if isinstance(m.source, SyntheticSet) else self.maker.prep.preprocess
-                save = lambda cell: store.save(cell.key(), cell_to_dict(cell))  # noqa: E731
-                if cfg.protocol == "er":
-                    from continual.replay import run_replay
+            arts[m.label] = art
+        inputs: dict[tuple[str, str], Any] = {}  # (memory, split) -> images in its input space, made once
+        order_sets: dict[tuple[str, int], Any] = {}  # a selection's set of one order, chosen once
 
-                    cells = run_replay(m.source, pre(data.train_x), data.train_y, pre(data.test_x), data.test_y, cfg,
-                                       self.env.device, done, save, bar)
-                else:
-                    cells = run_memory(m.source, pre(data.test_x), data.test_y, benchmarks, cfg, self.env.device,
-                                       done, save, bar)
-                store.close()
-            out[m.label] = {"cells": cells, "artifact": str(art.path)}
-        bar.close()
+        def images(m: Memory, split: str) -> Any:
+            if (m.label, split) not in inputs:
+                pre = m.source.preprocess if isinstance(m.source, SyntheticSet) else self.maker.prep.preprocess
+                inputs[(m.label, split)] = pre(data.train_x if split == "train" else data.test_x)
+            return inputs[(m.label, split)]
+
+        def source(m: Memory) -> Any:
+            if isinstance(m.source, SyntheticSet) or not callable(m.source):
+                return m.source
+            def per_order(order: int) -> Any:
+                if (m.label, order) not in order_sets:
+                    order_sets[(m.label, order)] = m.source(order)
+                return order_sets[(m.label, order)]
+
+            return per_order
+
+        def compute(name: str) -> Any:
+            label, key = name.rsplit("|", 1)
+            m, art = memories[label], arts[label]
+            order = int(key.split("/")[0])
+            keys = [f"{order}/{s}" for s in steps] if cfg.protocol == "er" else [key]
+            with file_lock(art.path / f".cell-{key.replace('/', '-')}.lock"):  # one process computes a cell
+                have = CellStore(art, wanted).cells
+                if not all(k in have for k in keys):
+                    one = replace(cfg, orders=[order])
+                    if cfg.protocol == "er":
+                        from continual.replay import run_replay
+
+                        new = run_replay(source(m), images(m, "train"), data.train_y, images(m, "test"), data.test_y,
+                                         one, self.env.device)
+                    else:
+                        new = run_memory(source(m), images(m, "test"), data.test_y, {order: benchmarks[order]}, one,
+                                         self.env.device, only={key})
+                    have = CellStore.add(art, wanted, {k: cell_to_dict(new[k]) for k in keys}).cells
+            return [have[k] for k in keys]
+
+        per_memory = [f"{o}" for o in orders] if cfg.protocol == "er" else [f"{o}/{s}" for o in orders for s in steps]
+        return CellPlan("continual", [f"{label}|{k}" for label in memories for k in per_memory], compute,
+                        {"cells": {label: art.key for label, art in arts.items()}})
+
+    def run_cells(self) -> dict[str, dict[str, CellResult]]:
+        """Every memory's (order, step) cells: from the cache where finished, else computed here
+        or by the workers (``pipelines.runner``)."""
+        from tqdm import tqdm
+
+        from continual.protocol import cell_from_dict
+
+        plan = self.cell_plan()
+        bar = tqdm(total=len(plan.names), desc="continual", disable=self.env.quiet, dynamic_ncols=True)
+        try:
+            results = run_plan(plan, self, lambda done, _total: bar.update(done - bar.n))
+        finally:
+            bar.close()
+        out: dict[str, dict[str, Any]] = {}
+        for name, cells in results.items():
+            label = name.rsplit("|", 1)[0]
+            out.setdefault(label, {}).update({f"{c['order']}/{c['step']}": cell_from_dict(c) for c in cells})
         return out
 
-    def tables(self, all_cells: dict[str, dict[str, Any]], out: Any) -> None:
+    def tables(self, all_cells: dict[str, dict[str, CellResult]], out: Any) -> None:
         from continual.protocol import cell_to_dict, step_stats
         from continual.report import plot_curves, step_rows, tensorboard_log
 
         cfg, data = self.cfg, self.data
-        curves = {name: step_stats(v["cells"], cfg.orders or [], cfg.steps) for name, v in all_cells.items()}
+        curves = {name: step_stats(cells, cfg.orders or [], cfg.steps) for name, cells in all_cells.items()}
         rows, columns = step_rows(curves)
         for row in rows:
-            row["cells"] = {key: cell_to_dict(c) for key, c in all_cells[row["memory"]]["cells"].items()}
+            row["cells"] = {key: cell_to_dict(c) for key, c in all_cells[row["memory"]].items()}
         plot = plot_curves(curves, out / "continual.png",
                            f"{self.config.dataset.describe(data)}, {cfg.protocol}: {cfg.steps} steps, {cfg.ipc} images/class, "
                            f"{cfg.models} model(s) x {len(cfg.orders or [])} orders")

@@ -72,8 +72,10 @@ class NASJob(Job):
                 "python pipelines/run.py nas --proxy atom_ipc50,dm_ipc50 --workers 4",
                 "python pipelines/run.py nas --proxy atom_ipc50 --storage postgresql+psycopg2://u:p@host/nas")
     Config = NASJobConfig
-    options = ("dataset", "data_root", "seed", "cache", "force", *Job.options)
+    options = ("dataset", "data_root", "seed", "cache", "force", "workers", "threads", "storage", *Job.options)
     option_help = {"dataset": "dataset (default cifar10, or the one a proxy name gives)",
+                   "workers": "local worker processes per study (default 1; one per GPU round-robin, or the CPU "
+                              "threads split); each candidate is trained once, also when a worker dies",
                    "data_root": "data folder (default: data)", "seed": "candidate initialisation seed (default 0)",
                    "force": "recompute cached proxies and studies"}
     flags = {"dataset": ("dataset.name", None), "data_root": ("dataset.root", None), "space": ("nas.space", None),
@@ -88,10 +90,6 @@ class NASJob(Job):
                                        f"({SETS_FILE.name}, or <method>_ipc<N>[_<dataset>]; made once, cached) or "
                                        "synset.pt paths")
         p.add_argument("--space", help="full (720, default), small (48) or tiny (4)")
-        p.add_argument("--workers", type=int, help="local worker processes per study (default 1)")
-        p.add_argument("--storage", help="Optuna RDB URL shared by workers on several machines, e.g. "
-                                         "postgresql+psycopg2://user:pass@host/db (pip install -e '.[postgres]'); "
-                                         "default: a journal file in the cache")
         p.add_argument("--whole-results", help="csv/json of whole-data results made elsewhere")
         p.add_argument("--proxy-epochs", type=int, help="epochs on the proxy (default 200; digits 100)")
         p.add_argument("--whole-epochs", type=int, help="epochs on the whole data (default 100; digits 50)")
@@ -200,7 +198,7 @@ class NASJob(Job):
             t0 = time.perf_counter()
             try:
                 rows = train_all(f"{label}-{art.key}", folder / "study.journal", cond, self.cfg, self.env.device,
-                                 lambda done, _total: bar.update(done - bar.n))
+                                 lambda done, _total: bar.update(done - bar.n), self.env.threads)
             finally:
                 bar.close()
             atomic_text(art.result_path, json.dumps({"study": f"{label}-{art.key}", "seconds": time.perf_counter() - t0,

@@ -31,6 +31,7 @@ from distill.train import TrainRecipe
 from ..cache import load_json
 from ..cli import csv_ints, csv_items
 from ..common import DataConfig
+from ..runner import CellPlan, check_storage, run_plan
 from ..sets import SetMaker, is_matching
 from ..tables import BUDGETS, Published, cell_configs, load_table, plot_curves, plot_table, select_cells, table_names
 from . import Job, register_job
@@ -52,6 +53,11 @@ def signed(x: float | None) -> str | None:
     return None if x is None else f"{x:+.2f}"
 
 
+def without_reuse(record: dict[str, Any]) -> dict[str, Any]:
+    """A cell's record for the tables: what this run found cached is the log's, not the result's."""
+    return {k: v for k, v in record.items() if k != "reused"}
+
+
 class ReproduceJob(Job):
     name = "reproduce"
     help = "measure a published table (paper | ours | difference)"
@@ -63,7 +69,7 @@ class ReproduceJob(Job):
                    "The default budget is full, the papers' protocol (hours to days on a CPU); cpu and smoke "
                    "scale it down, and every title says which was run.")
     Config = ReproduceJobConfig
-    options = ("data_root", "seed", "cache", "force", *Job.options)
+    options = ("data_root", "seed", "cache", "force", "workers", "threads", "storage", *Job.options)
     option_help = {"seed": "first distillation seed (default 0)", "data_root": "data folder (default: data)",
                    "cache": "artifact cache for sets and cells (default: artifacts)",
                    "force": "replace the tables of another configuration in --out (cached sets and cells are kept "
@@ -125,6 +131,7 @@ class ReproduceJob(Job):
         self.data = job.dataset.load()
         for c, cfgs in self.plans:
             check_ipc(self.data, c.ipc, cfgs[0].factor if is_matching(c.runs) else 1)
+        check_storage(self.env.storage)
 
     def record(self) -> dict[str, Any]:
         base = super().record()
@@ -135,39 +142,62 @@ class ReproduceJob(Job):
 
     def run(self) -> int:
         out, _ = self.open_folder(f"reproduce-{self.table.name}-{self.budget.name}")
-        self.maker = SetMaker(self.config.dataset, self.data, self.env.device, self.env.cache, self.env.progress)
         curve = f" with curves at {self.curve} iterations" if self.curve else ""
         print(f"reproducing {self.table.name}: {len(self.cells)} cells{curve} on {self.env.device} "
               f"({self.budget.describe()}) -> {out}")
-        measured: dict[tuple[str, int], dict[str, Any]] = {}
-        points: list[dict[str, Any]] = []
-        for n, (c, cfgs) in enumerate(self.plans, 1):
-            measured[(c.label, c.ipc)] = self.cell(n, c, cfgs, points)
+        results = run_plan(self.cell_plan(), self)
+        measured = {(c.label, c.ipc): results[self.cell_name(c)]["record"] for c, _ in self.plans}
+        points = [p for c, _ in self.plans for p in results[self.cell_name(c)]["points"]]
         self.tables(measured, points, out)
         return 0
 
-    def cell(self, n: int, c: Published, cfgs: list[SetConfig], points: list[dict[str, Any]]) -> dict[str, Any]:
-        """One table cell (and its curve points), from the cache where finished."""
+    @staticmethod
+    def cell_name(c: Published) -> str:
+        return f"{c.label}_ipc{c.ipc}"
+
+    def cell_plan(self) -> CellPlan:
+        """One cell per table cell: its sets distilled (or reused) and evaluated, and its curve
+        points with it (they share one distillation per set)."""
+        self.maker = SetMaker(self.config.dataset, self.data, self.env.device, self.env.cache, self.env.progress)
+        plans = {self.cell_name(c): (n, c, cfgs) for n, (c, cfgs) in enumerate(self.plans, 1)}
+
+        def announce(_i: int, name: str) -> None:
+            n, c, cfgs = plans[name]
+            work = f"{cfgs[0].iterations} iterations" if is_matching(c.runs) else "selection"
+            print(f"\ncell {n}/{len(self.plans)}: {c.label} ipc {c.ipc} ({work} x {len(cfgs)} "
+                  f"set{'s' if len(cfgs) > 1 else ''})")
+
+        def report(_i: int, name: str, result: dict[str, Any]) -> None:
+            _n, c, _cfgs = plans[name]
+            rec = result["record"]
+            paper = "not published" if c.mean is None else f"paper {c.mean:.1f}"
+            print(f"  {c.label} ipc {c.ipc}: {pct(rec['mean'], rec['std'], rec['networks'])} ({paper})"
+                  + (" [cached]" if rec["reused"] else f" in {rec['wall_seconds']:.0f} s"))
+            for point in result["points"]:
+                if point["iterations"] is not None:
+                    print(f"    {point['iterations']} iterations: {pct(point['mean'], point['std'], point['networks'])}"
+                          + (" [cached]" if point["reused"] else ""))
+
+        return CellPlan("reproduce", list(plans), lambda name: self.cell(*plans[name][1:]),
+                        {"cells": {name: [self.maker.artifact(cfg).key for cfg in cfgs] for name, (_n, _c, cfgs)
+                                   in plans.items()}, "eval": to_dict(self.recipe), "curve": self.curve},
+                        announce, report)
+
+    def cell(self, c: Published, cfgs: list[SetConfig]) -> dict[str, Any]:
+        """One table cell's record and its curve points, from the cache where finished."""
         matching = is_matching(c.runs)
-        work = f"{cfgs[0].iterations} iterations" if matching else "selection"
-        print(f"\ncell {n}/{len(self.plans)}: {c.label} ipc {c.ipc} ({work} x {len(cfgs)} set{'s' if len(cfgs) > 1 else ''})")
         if self.curve and matching:  # one distillation per set to the longest point, the others as snapshots
             for cfg in cfgs:
                 self.maker.get_curve(cfg, sorted({*self.curve, cfg.iterations}))
         rec = self.measure(cfgs)
-        paper = "not published" if c.mean is None else f"paper {c.mean:.1f}"
-        print(f"  {c.label} ipc {c.ipc}: {pct(rec['mean'], rec['std'], rec['networks'])} ({paper})"
-              + (" [cached]" if rec["reused"] else f" in {rec['wall_seconds']:.0f} s"))
+        points = []
         for its in (self.curve if matching else [0]) if self.curve else []:
             point = self.measure(cell_configs(c, self.config.distill, self.budget, self.config.dataset, its)) \
                 if matching else rec
             points.append({"label": c.label, "method": c.runs, "ipc": c.ipc, "iterations": its if matching else None,
                            "mean": point["mean"], "std": point["std"], "networks": point["networks"],
-                           "accuracies": point["accuracies"]})
-            if matching:
-                print(f"    {its} iterations: {pct(point['mean'], point['std'], point['networks'])}"
-                      + (" [cached]" if point["reused"] else ""))
-        return rec
+                           "accuracies": point["accuracies"], "reused": point["reused"]})
+        return {"record": rec, "points": points}
 
     def measure(self, cfgs: list[SetConfig]) -> dict[str, Any]:
         """Distil (or reuse) every set of a cell, evaluate them: the cell's record (cached)."""
@@ -216,7 +246,7 @@ class ReproduceJob(Job):
         paths = write_tables(rows, columns, out, "reproduce", title=title, extra={
             "table": self.table.name, "title": title, "budget": to_dict(self.budget), "device": str(self.env.device),
             "distill": to_dict(self.config.distill), "eval": to_dict(self.recipe), "versions": self.record()["versions"],
-            "cells": {f"{m}_ipc{i}": rec for (m, i), rec in measured.items()}})
+            "cells": {f"{m}_ipc{i}": without_reuse(rec) for (m, i), rec in measured.items()}})
         chart = plot_table(rows, title, out / "reproduce.png") if measured else None
         print("\n" + paths["md"].read_text().rstrip())
         print(f"\n  tables: {paths['md']}, {paths['csv'].name}, {paths['json'].name}" + (f", chart {chart.name}" if chart else ""))
@@ -227,6 +257,7 @@ class ReproduceJob(Job):
         published = {(r.label, r.ipc): r.mean for r in self.table.rows if r.mean is not None}
         b = self.budget
         title = f"{self.table.title}; each point {b.sets} set(s) x {b.models} ConvNet(s) x {b.epochs} epochs"
+        points = [without_reuse(p) for p in points]
         rows = [{k: v for k, v in p.items() if k != "accuracies"} | {"accuracy": pct(p["mean"], p["std"], p["networks"])}
                 for p in points]
         paths = write_tables(rows, ["label", "ipc", "iterations", "accuracy", "networks"], out, "curve", title=title,
