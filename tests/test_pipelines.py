@@ -262,8 +262,10 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     common = ["--dataset", "digits", "--method", "atom", "--ipc", "1", "--iterations", "3", "--device", "cpu",
               "--quiet", "--set", "distill.batch_real=8", "--set", "distill.net.width=16"]
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc_per_node", "2", "pipelines/run.py", "distill", *common, "--out",
-                    str(tmp_path / "two")], cwd=ROOT, check=True, capture_output=True)
+    # --standalone: a free rendezvous port (the default 29500 may be taken on a shared machine)
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "pipelines/run.py", "distill", *common,
+                        "--out", str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
     assert main(["distill", *common, "--out", str(tmp_path / "one")]) == 0
     from distill.synset import SyntheticSet
 
