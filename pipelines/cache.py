@@ -199,10 +199,6 @@ class CellStore:
     def missing(self) -> set[str]:
         return self.wanted - set(self.cells)
 
-    def save(self, key: str, value: Any) -> None:
-        self.cells[key] = value
-        atomic_text(self.partial, json.dumps(self.cells, indent=1))
-
     @classmethod
     def add(cls, art: Artifact, wanted: set[str], cells: dict[str, Any]) -> "CellStore":
         """Add ``cells`` to the store as it is on disk now (other processes may have added

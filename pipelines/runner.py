@@ -36,14 +36,14 @@ HEARTBEAT = 60  # RDB storage: seconds between a cell's heartbeats; three missed
 class CellPlan:
     """A job's cells: ``names`` (unique, in order), ``compute(name)`` (the cell's JSON result),
     ``identity`` (what the results depend on: the study's name holds its key), and optional
-    ``announce(i, name)`` / ``report(i, name, result)`` for the job's log lines."""
+    ``announce(name)`` / ``report(name, result)`` for the job's log lines."""
 
     label: str
     names: list[str]
     compute: Callable[[str], Any]
     identity: Any
-    announce: Callable[[int, str], None] | None = None
-    report: Callable[[int, str, Any], None] | None = None
+    announce: Callable[[str], None] | None = None
+    report: Callable[[str, Any], None] | None = None
 
     @property
     def study(self) -> str:
@@ -71,11 +71,11 @@ def run_plan(plan: CellPlan, job: Any, progress: Callable[[int, int], None] = la
         out: dict[str, Any] = {}
         for i, name in enumerate(plan.names):
             if plan.announce:
-                plan.announce(i, name)
+                plan.announce(name)
             out[name] = plan.compute(name)
             progress(i + 1, total)
             if plan.report:
-                plan.report(i, name, out[name])
+                plan.report(name, out[name])
         return out
 
     import optuna
@@ -108,8 +108,8 @@ def run_plan(plan: CellPlan, job: Any, progress: Callable[[int, int], None] = la
                         "command again to resume")
     out = {n: rows[n]["result"] for n in plan.names}
     if plan.report:
-        for i, name in enumerate(plan.names):
-            plan.report(i, name, out[name])
+        for name in plan.names:
+            plan.report(name, out[name])
     return out
 
 

@@ -192,6 +192,7 @@ class ContinualJob(Job):
         def source(m: Memory) -> Any:
             if isinstance(m.source, SyntheticSet) or not callable(m.source):
                 return m.source
+
             def per_order(order: int) -> Any:
                 if (m.label, order) not in order_sets:
                     order_sets[(m.label, order)] = m.source(order)

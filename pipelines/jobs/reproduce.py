@@ -161,13 +161,13 @@ class ReproduceJob(Job):
         self.maker = SetMaker(self.config.dataset, self.data, self.env.device, self.env.cache, self.env.progress)
         plans = {self.cell_name(c): (n, c, cfgs) for n, (c, cfgs) in enumerate(self.plans, 1)}
 
-        def announce(_i: int, name: str) -> None:
+        def announce(name: str) -> None:
             n, c, cfgs = plans[name]
             work = f"{cfgs[0].iterations} iterations" if is_matching(c.runs) else "selection"
             print(f"\ncell {n}/{len(self.plans)}: {c.label} ipc {c.ipc} ({work} x {len(cfgs)} "
                   f"set{'s' if len(cfgs) > 1 else ''})")
 
-        def report(_i: int, name: str, result: dict[str, Any]) -> None:
+        def report(name: str, result: dict[str, Any]) -> None:
             _n, c, _cfgs = plans[name]
             rec = result["record"]
             paper = "not published" if c.mean is None else f"paper {c.mean:.1f}"
