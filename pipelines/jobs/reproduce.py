@@ -145,7 +145,16 @@ class ReproduceJob(Job):
         curve = f" with curves at {self.curve} iterations" if self.curve else ""
         print(f"reproducing {self.table.name}: {len(self.cells)} cells{curve} on {self.env.device} "
               f"({self.budget.describe()}) -> {out}")
-        results = run_plan(self.cell_plan(), self)
+        from tqdm import tqdm
+
+        plan = self.cell_plan()
+        # one bar over the cells where workers compute them (in this process each cell shows its own)
+        inline = self.env.workers == 1 and not self.env.storage
+        bar = tqdm(total=len(plan.names), desc="reproduce cells", disable=self.env.quiet or inline, dynamic_ncols=True)
+        try:
+            results = run_plan(plan, self, lambda done, _total: bar.update(done - bar.n))
+        finally:
+            bar.close()
         measured = {(c.label, c.ipc): results[self.cell_name(c)]["record"] for c, _ in self.plans}
         points = [p for c, _ in self.plans for p in results[self.cell_name(c)]["points"]]
         self.tables(measured, points, out)
