@@ -7,13 +7,16 @@ joins ``batch`` images of the step's real training data with ``batch`` images of
 (Avalanche's ``ReplayDataLoader``), and after the step the storage policy is updated, so during
 step ``t`` the memory holds the classes of steps ``0 .. t-1``. Training follows the evaluation
 recipe (SGD, momentum, weight decay, batch, ``epochs`` per step, LR x0.1 at half of each step,
-DSA on every mini-batch). After each step the network is tested on the real test images of the
-classes seen so far, and on each earlier step's classes for the forgetting (Chaudhry et al.,
-"Riemannian Walk for Incremental Learning", ECCV 2018): the mean over earlier steps ``j`` of the
-best accuracy on ``j``'s classes after any step before ``t`` minus the accuracy after ``t``.
+DSA on every mini-batch); the network and the optimiser's momentum carry over from step to
+step. After each step Avalanche's evaluation plugin measures the network on the test stream of
+the steps so far: its stream accuracy (on the test images of the classes seen so far) and its
+stream forgetting, the mean over earlier steps ``j`` of the accuracy on ``j``'s test images
+right after step ``j`` minus the accuracy after step ``t`` (0 at step 0). Each network saves its
+state after every step (:mod:`continual.checkpoint`) and a rerun resumes at the next step.
 
 Memories: a SyntheticSet (:class:`~continual.memory.SyntheticMemory`, its hard labels), or a
-real-exemplar storage policy of Avalanche at the same budget (:data:`REAL_POLICIES`).
+real-exemplar storage policy of Avalanche at the same budget (:data:`REAL_POLICIES`): reservoir,
+class-balanced, and herding on the learner's own embedding.
 
 Avalanche's data loaders shuffle with torch's global generator; it is seeded from ``(seed,
 order, model)`` before each network's run, so a run's cells do not depend on which ran before.
@@ -24,12 +27,15 @@ from __future__ import annotations
 import time
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
 from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
-from avalanche.training.storage_policy import ClassBalancedBuffer, ExemplarsBuffer, ReservoirSamplingBuffer
+from avalanche.training.storage_policy import (ClassBalancedBuffer, ExemplarsBuffer, HerdingSelectionStrategy,
+                                               ParametricBuffer, ReservoirSamplingBuffer)
 from avalanche.training.supervised import Naive
 from torch import Tensor
 
@@ -39,17 +45,47 @@ from distill.synset import SyntheticSet
 from distill.train import derived_seed, lr_at
 
 from .benchmark import dm_class_order, make_benchmark, step_classes
+from .checkpoint import load_step, save_step
 from .config import ContinualConfig
 from .memory import SyntheticMemory
 from .protocol import CellResult
 from .strategy import DSAPlugin
 
+class EmbeddingHerding(HerdingSelectionStrategy):
+    """Avalanche's herding (iCaRL's greedy choice, ``HerdingSelectionStrategy``) on the
+    learner's own embedding, ``model.embed`` (the classifier's input): Avalanche reads features
+    from a named layer's output, and the flattened last block has no layer of its own."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.feature_extractor = _Embedding(model)
+
+
+class _Embedding(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.embed(x)
+
+
+def class_herding(ipc: int, k: int, model: torch.nn.Module) -> ExemplarsBuffer:
+    """``ParametricBuffer`` grouped by class with herding, a fixed ``ipc`` images per class (as
+    ``ClassBalancedBuffer(adaptive_size=False)``): each class's exemplars are chosen after its
+    step from that step's data, on the features of the network that has just learnt it."""
+    buf = ParametricBuffer(ipc * k, groupby="class", selection_strategy=EmbeddingHerding(model))
+    buf.adaptive_size, buf.total_num_groups = False, k
+    return buf
+
+
 # real-exemplar memories: name -> (what it is, its policy for ipc images per class of K classes)
-REAL_POLICIES: dict[str, tuple[str, Callable[[int, int], ExemplarsBuffer]]] = {
+REAL_POLICIES: dict[str, tuple[str, Callable[[int, int, torch.nn.Module], ExemplarsBuffer]]] = {
     "reservoir": ("reservoir sampling over the whole stream, ipc x K images in all",
-                  lambda ipc, k: ReservoirSamplingBuffer(ipc * k)),
+                  lambda ipc, k, model: ReservoirSamplingBuffer(ipc * k)),
     "class_balanced": ("a reservoir per class, ipc images each",
-                       lambda ipc, k: ClassBalancedBuffer(ipc * k, adaptive_size=False, total_num_classes=k)),
+                       lambda ipc, k, model: ClassBalancedBuffer(ipc * k, adaptive_size=False, total_num_classes=k)),
+    "herding_buffer": ("ipc images per class chosen by herding on the learner's embedding after the class's step",
+                       class_herding),
 }
 
 
@@ -83,31 +119,68 @@ def quiet_avalanche() -> Iterator[None]:
         yield
 
 
-def forgetting(acc: list[list[float]], t: int) -> float:
-    """Forgetting after step ``t`` from ``acc[l][j]`` (accuracy on step ``j``'s classes after
-    step ``l``): mean over ``j < t`` of ``max_{j <= l < t} acc[l][j] - acc[t][j]``; 0 at step 0."""
-    if t == 0:
-        return 0.0
-    return sum(max(acc[l][j] for l in range(j, t)) - acc[t][j] for j in range(t)) / t
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> float:
-    model.eval()
-    hits = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
-    return hits / max(len(y), 1)
+ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream"  # Avalanche's names of the stream metrics
+FORGETTING = "StreamForgetting/eval_phase/test_stream"
 
 
 def replay_strategy(model: torch.nn.Module, policy: ExemplarsBuffer, cfg: ContinualConfig,
                     device: torch.device, seed: int) -> Naive:
-    """Avalanche's ``Naive`` with ``ReplayPlugin(storage_policy=policy)``, DSA and the recipe."""
+    """Avalanche's ``Naive`` with ``ReplayPlugin(storage_policy=policy)``, DSA, the recipe, and
+    an evaluation plugin with Avalanche's stream accuracy and stream forgetting."""
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     epochs = int(cfg.epochs or 1000)
     return Naive(model=model, optimizer=opt, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=cfg.batch,
                  train_epochs=epochs, eval_mb_size=500, device=device,
                  plugins=[Replay(mem_size=policy.max_size, storage_policy=policy), DSAPlugin(cfg.dsa, seed),
                           RecipeLR(cfg.lr, epochs, cfg.schedule)],
-                 evaluator=EvaluationPlugin(loggers=[]))
+                 evaluator=EvaluationPlugin(accuracy_metrics(stream=True), forgetting_metrics(stream=True),
+                                            loggers=[]))
+
+
+def stream_metrics(strategy: Naive) -> tuple[list[float], list[float]]:
+    """The evaluation plugin's history: per step, the accuracy on the test images of the classes
+    seen so far and the forgetting."""
+    history = strategy.evaluator.get_all_metrics()
+    return list(history[ACCURACY][1]), list(history[FORGETTING][1])
+
+
+def learn_steps(memory: SyntheticSet | str, bm: Any, cfg: ContinualConfig, net: torch.nn.Module, k: int,
+                device: torch.device, seed: int, checkpoint: Path | None = None,
+                after_step: Callable[[int], None] | None = None) -> tuple[list[float], list[float], list[float]]:
+    """One network learning every step of ``bm`` with ``memory`` replayed; after each step it is
+    evaluated on ``bm.test_stream[: t + 1]`` and, with ``checkpoint``, its whole state saved
+    there (``continual.checkpoint``), from which a later call resumes at the next step. Returns
+    the accuracy, forgetting and seconds of every step."""
+    policy: ExemplarsBuffer = (REAL_POLICIES[memory][1](cfg.ipc, k, net) if isinstance(memory, str)
+                               else SyntheticMemory(memory, cfg.ipc))
+    torch.manual_seed(seed)  # Avalanche's loaders draw from the global generator
+    with quiet_avalanche():
+        strategy = replay_strategy(net, policy, cfg, device, seed)
+    start, seconds = 0, []
+    if checkpoint is not None and checkpoint.exists():
+        start, seconds = load_step(strategy, checkpoint)
+    for t in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        strategy.train(bm.train_stream[t], num_workers=0)
+        strategy.eval(bm.test_stream[: t + 1], num_workers=0)
+        seconds.append(time.perf_counter() - t0)
+        if checkpoint is not None:
+            save_step(strategy, checkpoint, t + 1, seconds)
+        if after_step is not None:
+            after_step(t)
+    accs, forgets = stream_metrics(strategy)
+    return accs, forgets, seconds
+
+
+def checkpoint_path(folder: Path, order: int, model: int) -> Path:
+    """Where network ``model`` of class order ``order`` keeps its step checkpoint."""
+    return folder / f"er-order{order}-model{model}.pt"
+
+
+def drop_checkpoints(folder: Path, order: int) -> None:
+    """Remove an order's step checkpoints once its cells are stored."""
+    for path in folder.glob(f"er-order{order}-model*.pt"):
+        path.unlink(missing_ok=True)
 
 
 def run_replay(
@@ -121,25 +194,27 @@ def run_replay(
     done: dict[str, CellResult] | None = None,
     on_cell: Callable[[CellResult], None] | None = None,
     progress: Any = None,
+    checkpoints: Path | None = None,
+    after_step: Callable[[int, int, int], None] | None = None,
 ) -> dict[str, CellResult]:
     """Experience replay with ``memory`` (a set, a function giving an order's set, or a name of
     :data:`REAL_POLICIES`) over every class order of ``cfg``; ``train_x`` / ``test_x`` are in the
-    memory's input space. An order with all its cells in ``done`` is kept; an order is run
-    whole (its steps depend on each other), each cell handed to ``on_cell`` as it finishes."""
+    memory's input space. An order with all its cells in ``done`` is kept. With ``checkpoints``
+    (a folder) every network saves its state after each step and a rerun resumes there;
+    ``after_step(order, model, step)`` is called after each step's checkpoint. Each order's cells
+    are handed to ``on_cell`` when all its networks have finished."""
     dev = torch.device(device)
     k = int(max(int(train_y.max()), int(test_y.max())) + 1)
     spec = parse_arch(cfg.archs[0])
     size = (train_x.shape[2], train_x.shape[3])
     results = dict(done or {})
-    test_x, test_y = test_x.to(dev), test_y.to(dev)
     for order in cfg.orders or []:
         keys = [f"{order}/{s}" for s in range(cfg.steps)]
         if all(key in results for key in keys):
             continue
         class_order = dm_class_order(order, k)
         groups = step_classes(class_order, cfg.steps)
-        bm = make_benchmark(train_x, train_y, test_x.cpu(), test_y.cpu(), class_order, cfg.steps)
-        step_masks = [torch.isin(test_y, torch.tensor(g, device=dev)) for g in groups]  # each step's test images
+        bm = make_benchmark(train_x, train_y, test_x, test_y, class_order, cfg.steps)
         synset = memory(order) if callable(memory) else memory  # one set per order, whatever the models
         models = int(cfg.models or 1)
         accs = [[0.0] * models for _ in range(cfg.steps)]
@@ -147,24 +222,14 @@ def run_replay(
         seconds = [0.0] * cfg.steps
         for m in range(models):
             seed = derived_seed(cfg.seed, order, m)
-            gen = torch.Generator().manual_seed(seed)
             net = spec.build(train_x.shape[1], k, size)
-            init_weights(net, cfg.init, gen)
-            policy: ExemplarsBuffer = (REAL_POLICIES[synset][1](cfg.ipc, k) if isinstance(synset, str)
-                                       else SyntheticMemory(synset, cfg.ipc))
-            torch.manual_seed(seed)  # Avalanche's loaders draw from the global generator
-            with quiet_avalanche():
-                strategy = replay_strategy(net, policy, cfg, dev, seed)
-            per_step: list[list[float]] = []
-            seen = torch.zeros_like(test_y, dtype=torch.bool)
-            for t, exp in enumerate(bm.train_stream):
-                t0 = time.perf_counter()
-                strategy.train(exp, num_workers=0)
-                seen |= step_masks[t]
-                accs[t][m] = accuracy(strategy.model, test_x[seen], test_y[seen])
-                per_step.append([accuracy(strategy.model, test_x[mk], test_y[mk]) for mk in step_masks[: t + 1]])
-                forgets[t][m] = forgetting(per_step, t)
-                seconds[t] += time.perf_counter() - t0
+            init_weights(net, cfg.init, torch.Generator().manual_seed(seed))
+            ckpt = checkpoint_path(checkpoints, order, m) if checkpoints is not None else None
+            hook = (lambda t, m=m: after_step(order, m, t)) if after_step is not None else None
+            a, f, sec = learn_steps(synset, bm, cfg, net, k, dev, seed, ckpt, hook)
+            for t in range(cfg.steps):
+                accs[t][m], forgets[t][m] = a[t], f[t]
+                seconds[t] += sec[t]
         for t in range(cfg.steps):
             cell = CellResult(order, t, sum(len(g) for g in groups[: t + 1]), accs[t], seconds[t], forgets[t])
             results[cell.key()] = cell

@@ -43,7 +43,7 @@ def plot_curves(curves: dict[str, list[StepStats]], path: str | Path, title: str
                     label=name)
         fx.set_xlabel("number of classes")
         fx.set_ylabel("forgetting (points)")
-        fx.set_title("forgetting (Chaudhry et al. 2018)")
+        fx.set_title("forgetting (first accuracy minus current)")
         fx.set_xticks([s.classes for s in next(iter(curves.values()))])
         fx.grid(alpha=0.3)
         fx.legend(fontsize=8)

@@ -1,5 +1,7 @@
 """Experience replay on Avalanche (continual.replay): what each training batch holds, the
-storage policies' budgets, the forgetting against its definition written out, and the CLI."""
+storage policies' budgets, the herding buffer against herding written out, the accuracy and
+forgetting against a plain Avalanche loop measured by hand, resuming at step boundaries (in
+process and after a SIGKILL of the command), and the CLI."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from avalanche.training.plugins import ReplayPlugin
 import continual.replay as replay
 from continual.benchmark import dm_class_order, step_classes
 from continual.config import ContinualConfig
-from continual.replay import REAL_POLICIES, forgetting, run_replay
+from continual.replay import REAL_POLICIES, run_replay
 from distill.errors import UserError
+from distill.files import read_plain
 from distill.preprocess import Preprocess
 from distill.synset import SyntheticSet
 from pipelines.run import main
@@ -28,14 +31,16 @@ def data(n_per_class: int, seed: int):
     return torch.randn(len(y), 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1) * 0.5, y
 
 
-def test_forgetting_is_the_mean_drop_from_the_best_earlier_accuracy():
-    acc = [[0.9], [0.5, 0.8], [0.7, 0.2, 0.6]]  # acc[l][j]: step j's classes after step l
-    assert forgetting(acc, 0) == 0.0
-    assert forgetting(acc, 1) == pytest.approx(0.9 - 0.5)
-    assert forgetting(acc, 2) == pytest.approx(((0.9 - 0.7) + (0.8 - 0.2)) / 2)
+def patterns(n_per_class: int, seed: int):
+    """A fixed random 8x8 pattern per class plus noise: learnable in a few epochs (a constant
+    offset per class would vanish under the ConvNet's instance norm)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(K).repeat_interleave(n_per_class)
+    templates = torch.randn(K, 1, 8, 8, generator=torch.Generator().manual_seed(99))
+    return templates[y] + torch.randn(len(y), 1, 8, 8, generator=g), y
 
 
-@pytest.mark.parametrize("memory", ["synthetic", "class_balanced", "reservoir"])
+@pytest.mark.parametrize("memory", ["synthetic", "class_balanced", "herding_buffer", "reservoir"])
 def test_each_batch_replays_the_earlier_classes_memory_within_its_budget(memory, monkeypatch):
     """At step t every training batch holds the step's new classes plus memory images of the
     classes of steps 0..t-1 only; class-balanced and synthetic memories hold ipc images per
@@ -82,15 +87,19 @@ def test_real_policies_need_the_er_protocol_and_the_cli_reports_forgetting(tmp_p
     assert main([*base, "--protocol", "er", "--memories", "reservoir,random", "--out", str(tmp_path / "er2")]) == 0
     again = json.loads((tmp_path / "er2" / "continual.json").read_text())["rows"]
     assert [r["steps"] for r in again] == [r["steps"] for r in rows]  # cached cells, same table
-    assert set(REAL_POLICIES) == {"reservoir", "class_balanced"}
+    assert set(REAL_POLICIES) == {"reservoir", "class_balanced", "herding_buffer"}
     with pytest.raises(UserError):
         from continual.config import resolve_continual
         resolve_continual(ContinualConfig(protocol="gem", memories=["random"]), "digits", 10)
 
 
 def test_a_replay_cell_equals_a_plain_loop_over_avalanches_strategy():
-    """run_replay's accuracies equal those of Avalanche's Naive + ReplayPlugin written out here
-    with the same seeds: the protocol adds bookkeeping, not training."""
+    """run_replay's accuracies and forgetting equal a plain Avalanche Naive + ReplayPlugin loop
+    written out here (train on a step, evaluate on the test stream so far) with the same seeds,
+    measured by hand: the accuracy on the test images
+    of the classes seen so far, and the mean over earlier steps j of the accuracy on j's classes
+    right after step j minus the accuracy now. The protocol (its evaluation plugin, its
+    checkpoints) adds bookkeeping, not training."""
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.storage_policy import ClassBalancedBuffer
     from avalanche.training.supervised import Naive
@@ -101,8 +110,8 @@ def test_a_replay_cell_equals_a_plain_loop_over_avalanches_strategy():
     from distill.nets import init_weights
     from distill.train import derived_seed
 
-    x, y = data(20, 3)
-    cfg = ContinualConfig(steps=3, ipc=3, orders=[1], models=1, epochs=2, archs=["convnet"], batch=32, seed=5)
+    x, y = patterns(20, 3)
+    cfg = ContinualConfig(steps=3, ipc=3, orders=[1], models=1, epochs=8, archs=["convnet"], batch=32, seed=5)
     cells = run_replay("class_balanced", x, y, x, y, cfg)
 
     seed = derived_seed(5, 1, 0)
@@ -112,16 +121,135 @@ def test_a_replay_cell_equals_a_plain_loop_over_avalanches_strategy():
     policy = ClassBalancedBuffer(cfg.ipc * K, adaptive_size=False, total_num_classes=K)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     strategy = Naive(model=net, optimizer=opt, criterion=torch.nn.CrossEntropyLoss(), train_mb_size=32,
-                     train_epochs=2, device="cpu", evaluator=EvaluationPlugin(loggers=[]),
+                     train_epochs=8, device="cpu", evaluator=EvaluationPlugin(loggers=[]),
                      plugins=[ReplayPlugin(mem_size=cfg.ipc * K, storage_policy=policy), DSAPlugin(cfg.dsa, seed),
-                              replay.RecipeLR(cfg.lr, 2, cfg.schedule)])
+                              replay.RecipeLR(cfg.lr, 8, cfg.schedule)])
     order = dm_class_order(1, K)
-    seen: list[int] = []
-    for t, (exp, classes) in enumerate(zip(make_benchmark(x, y, x, y, order, 3).train_stream, step_classes(order, 3))):
-        strategy.train(exp, num_workers=0)
-        seen += classes
-        mask = torch.isin(y, torch.tensor(seen))
+    groups = step_classes(order, 3)
+
+    def acc_on(classes: list[int]) -> float:
+        mask = torch.isin(y, torch.tensor(classes))
         net.eval()
         with torch.no_grad():
-            acc = float((net(x[mask]).argmax(1) == y[mask]).float().mean())
-        assert cells[f"1/{t}"].accuracies[0] == pytest.approx(acc, abs=1e-6)
+            return float((net(x[mask]).argmax(1) == y[mask]).float().mean())
+
+    first: list[float] = []  # accuracy on step j's classes right after step j
+    accs, forgets = [], []
+    bm = make_benchmark(x, y, x, y, order, 3)
+    for t, exp in enumerate(bm.train_stream):
+        strategy.train(exp, num_workers=0)
+        strategy.eval(bm.test_stream[: t + 1], num_workers=0)  # Avalanche's loop; its loaders draw seeds
+        accs.append(acc_on([c for g in groups[: t + 1] for c in g]))
+        first.append(acc_on(groups[t]))
+        forgets.append(sum(first[j] - acc_on(groups[j]) for j in range(t)) / t if t else 0.0)
+    assert len(set(accs)) == 3 and any(f != 0 for f in forgets)  # a run that learns and forgets
+    for t in range(3):
+        assert cells[f"1/{t}"].accuracies[0] == pytest.approx(accs[t], abs=1e-6)
+        assert cells[f"1/{t}"].forgetting[0] == pytest.approx(forgets[t], abs=1e-6)
+
+
+@pytest.mark.parametrize("memory", ["synthetic", "class_balanced", "herding_buffer", "reservoir"])
+def test_an_interrupted_order_resumes_at_the_next_step_with_the_uninterrupted_result(memory, tmp_path):
+    """Two networks per order; the run stops right after network 1 saved its first step. The
+    rerun restores network 0 finished and network 1 after one step (network, optimiser,
+    storage policy, metric history, random states) and ends with exactly the cells of a run
+    that was never interrupted."""
+    x, y = patterns(20, 0)
+    synset = SyntheticSet(*patterns(3, 1), [str(i) for i in range(K)], Preprocess(torch.zeros(1), torch.ones(1)))
+    mem = synset if memory == "synthetic" else memory
+    cfg = ContinualConfig(steps=3, ipc=3, orders=[0], models=2, epochs=15, archs=["convnet"], batch=32)
+    want = run_replay(mem, x, y, x, y, cfg)
+
+    class Stop(Exception):
+        pass
+
+    def stop(order: int, model: int, step: int) -> None:
+        if (model, step) == (1, 0):
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_replay(mem, x, y, x, y, cfg, checkpoints=tmp_path, after_step=stop)
+    steps_done = {p.name: read_plain(p, "step checkpoint")["steps_done"] for p in tmp_path.glob("*.pt")}
+    assert steps_done == {"er-order0-model0.pt": 3, "er-order0-model1.pt": 1}
+    trained: list[tuple[int, int]] = []
+    got = run_replay(mem, x, y, x, y, cfg, checkpoints=tmp_path, after_step=lambda o, m, t: trained.append((m, t)))
+    assert trained == [(1, 1), (1, 2)]  # only what was left
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key].accuracies == want[key].accuracies and got[key].forgetting == want[key].forgetting
+    assert len({a for c in want.values() for a in c.accuracies}) > 2  # networks that learn
+
+
+def test_the_herding_buffer_holds_herding_on_the_learners_embedding_of_the_steps_data():
+    """After each step, every new class's exemplars are the first ``ipc`` picks of herding
+    written out here (each pick brings the mean of the picked embeddings nearest the class
+    mean) over that step's images, on the embedding of the network that has just learnt them;
+    earlier classes keep theirs."""
+    ipc, steps = 4, 3
+    x, y = patterns(15, 2)
+    checked: list[int] = []
+
+    class Check(SupervisedPlugin):
+        def after_training_exp(self, strategy, **kw):  # runs after the replay plugin's update
+            pol = next(p for p in strategy.plugins if isinstance(p, ReplayPlugin)).storage_policy
+            net = strategy.model.eval()
+            for c in strategy.experience.classes_in_this_experience:
+                pool = x[y == c]
+                with torch.no_grad():
+                    emb = net.embed(pool)
+                picked: list[int] = []
+                for _ in range(ipc):
+                    best = min((i for i in range(len(pool)) if i not in picked),
+                               key=lambda i: float(((emb[picked + [i]].mean(0) - emb.mean(0)) ** 2).sum()))
+                    picked.append(best)
+                buf = pol.buffer_groups[int(c)].buffer
+                held = torch.stack([buf[i][0] for i in range(len(buf))])
+                rows = [int((pool == h).flatten(1).all(1).nonzero()) for h in held]
+                assert sorted(rows) == sorted(picked)  # Avalanche keeps its picks in the data's order
+                checked.append(int(c))
+            assert sum(len(g.buffer) for g in pol.buffer_groups.values()) == ipc * len(checked)
+
+    made = replay.replay_strategy
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(replay, "replay_strategy", lambda *a, **k: (s := made(*a, **k), s.plugins.append(Check()))[0])
+        cfg = ContinualConfig(steps=steps, ipc=ipc, orders=[0], models=1, epochs=2, archs=["convnet"], batch=32)
+        run_replay("herding_buffer", x, y, x, y, cfg)
+    assert sorted(checked) == list(range(K))
+
+
+def test_a_killed_er_command_resumes_its_order_with_the_uninterrupted_table(tmp_path):
+    """``continual --protocol er`` as an OS process, SIGKILLed once its network has saved a step
+    and before the order ends; the same command run again finishes from the saved step with
+    the table of a run never interrupted, and leaves no step files behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run = str(Path(__file__).resolve().parents[1] / "pipelines" / "run.py")
+    argv = ["continual", "--protocol", "er", "--dataset", "digits", "--steps", "5", "--orders", "0", "--epochs", "6",
+            "--models", "2", "--memories", "class_balanced", "--device", "cpu", "--quiet", "--threads", "1"]
+    assert main([*argv, "--cache", str(tmp_path / "c0"), "--out", str(tmp_path / "whole")]) == 0
+    cache = tmp_path / "c1"
+    proc = subprocess.Popen([sys.executable, run, *argv, "--cache", str(cache), "--out", str(tmp_path / "cut")],
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(cache.glob("continual/*/steps/er-order0-model0.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no step was saved"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (ckpt,) = cache.glob("continual/*/steps/er-order0-model0.pt")
+    assert read_plain(ckpt, "step checkpoint")["steps_done"] < 5  # killed inside the order
+    assert main([*argv, "--cache", str(cache), "--out", str(tmp_path / "again")]) == 0
+
+    def rows(folder: Path) -> list[dict]:
+        out = json.loads((folder / "continual.json").read_text())["rows"]
+        return [{**r, "cells": {k: {kk: v for kk, v in c.items() if kk != "seconds"} for k, c in r["cells"].items()}}
+                for r in out]
+
+    assert rows(tmp_path / "again") == rows(tmp_path / "whole")
+    assert not list(cache.glob("continual/*/steps/*.pt"))

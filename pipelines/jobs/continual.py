@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from continual.config import PROTOCOLS, REAL_MEMORIES, ContinualConfig, resolve_continual
+from continual.config import ER_REVISION, PROTOCOLS, REAL_MEMORIES, ContinualConfig, resolve_continual
 from distill.config import execution_free, to_dict
 from distill.datasets import quick_defaults
 from distill.methods import METHODS, get_method
@@ -62,8 +62,9 @@ class ContinualJob(Job):
                    "all classes seen so far and tested on those classes' real test images. er (experience replay, "
                    "as most continual-learning code uses a buffer): one ConvNet per order learns the steps in turn "
                    "with Avalanche's Naive + ReplayPlugin, each step on its real training images plus the memory of "
-                   "the earlier classes, and the forgetting is reported too; the real-exemplar memories reservoir "
-                   "and class_balanced (Avalanche's storage policies, the same budget) serve as baselines. Mean +- "
+                   "the earlier classes, and Avalanche's forgetting is reported too; each network resumes at the "
+                   "step after the last one it finished. The real-exemplar memories reservoir, class_balanced and "
+                   "herding_buffer (Avalanche's storage policies, the same budget) serve as baselines. Mean +- "
                    "std over models and class orders.\n\n"
                    "Memories named by method are distilled once and cached (--cache); selection methods (random, "
                    "herding, kcenter, ...) are chosen per class order and step from that step's data only; "
@@ -71,7 +72,7 @@ class ContinualJob(Job):
     examples = ("python pipelines/run.py continual --steps 10                  # CIFAR-100, the papers' defaults",
                 "python pipelines/run.py continual --steps 5 --dataset digits  # offline, CPU minutes",
                 "python pipelines/run.py continual --memories random,runs/x/synset.pt --orders 0,1",
-                "python pipelines/run.py continual --protocol er --memories reservoir,class_balanced,herding,dm,atom")
+                "python pipelines/run.py continual --protocol er --memories reservoir,herding_buffer,herding,dm,atom")
     Config = ContinualJobConfig
     options = ("dataset", "data_root", "seed", "cache", "force", "workers", "threads", "storage", *Job.options)
     option_help = {"dataset": "dataset (default cifar100)", "data_root": "data folder (default: data)",
@@ -170,6 +171,8 @@ class ContinualJob(Job):
         benchmarks = {} if cfg.protocol == "er" else benchmarks_for(data.train_x, data.train_y, data.test_x,
                                                                     data.test_y, data.num_classes, cfg)
         proto = {key: v for key, v in execution_free(to_dict(cfg)).items() if key not in CELL_SELECTION}
+        if cfg.protocol == "er":
+            proto["revision"] = ER_REVISION  # experience replay's cells of earlier revisions are not reused
         orders, steps = cfg.orders or [], range(cfg.steps)
         wanted = {f"{o}/{s}" for o in orders for s in steps}
         arts = {}
@@ -213,11 +216,15 @@ class ContinualJob(Job):
                         from continual.replay import run_replay
 
                         new = run_replay(source(m), images(m, "train"), data.train_y, images(m, "test"), data.test_y,
-                                         one, self.env.device)
+                                         one, self.env.device, checkpoints=art.path / "steps")
                     else:
                         new = run_memory(source(m), images(m, "test"), data.test_y, {order: benchmarks[order]}, one,
                                          self.env.device, only={key})
                     have = CellStore.add(art, wanted, {k: cell_to_dict(new[k]) for k in keys}).cells
+                    if cfg.protocol == "er":
+                        from continual.replay import drop_checkpoints
+
+                        drop_checkpoints(art.path / "steps", order)
             return [have[k] for k in keys]
 
         per_memory = [f"{o}" for o in orders] if cfg.protocol == "er" else [f"{o}/{s}" for o in orders for s in steps]
