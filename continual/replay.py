@@ -39,6 +39,7 @@ from avalanche.training.storage_policy import (ClassBalancedBuffer, ExemplarsBuf
 from avalanche.training.supervised import Naive
 from torch import Tensor
 
+from distill.errors import UserError
 from distill.evaluate import parse_arch
 from distill.nets import init_weights
 from distill.synset import SyntheticSet
@@ -151,14 +152,25 @@ def learn_steps(memory: SyntheticSet | str, bm: Any, cfg: ContinualConfig, net: 
     evaluated on ``bm.test_stream[: t + 1]`` and, with ``checkpoint``, its whole state saved
     there (``continual.checkpoint``), from which a later call resumes at the next step. Returns
     the accuracy, forgetting and seconds of every step."""
-    policy: ExemplarsBuffer = (REAL_POLICIES[memory][1](cfg.ipc, k, net) if isinstance(memory, str)
-                               else SyntheticMemory(memory, cfg.ipc))
-    torch.manual_seed(seed)  # Avalanche's loaders draw from the global generator
-    with quiet_avalanche():
-        strategy = replay_strategy(net, policy, cfg, device, seed)
+    initial = {name: v.clone() for name, v in net.state_dict().items()}
+
+    def fresh() -> Naive:
+        net.load_state_dict(initial)
+        policy: ExemplarsBuffer = (REAL_POLICIES[memory][1](cfg.ipc, k, net) if isinstance(memory, str)
+                                   else SyntheticMemory(memory, cfg.ipc))
+        torch.manual_seed(seed)  # Avalanche's loaders draw from the global generator
+        with quiet_avalanche():
+            return replay_strategy(net, policy, cfg, device, seed)
+
+    strategy = fresh()
     start, seconds = 0, []
     if checkpoint is not None and checkpoint.exists():
-        start, seconds = load_step(strategy, checkpoint)
+        try:
+            start, seconds = load_step(strategy, checkpoint)
+        except UserError as exc:  # a cache file, not the user's: say so and learn again from the start
+            print(f"  {exc}; this network learns again from the first step")
+            checkpoint.unlink(missing_ok=True)
+            strategy = fresh()
     for t in range(start, cfg.steps):
         t0 = time.perf_counter()
         strategy.train(bm.train_stream[t], num_workers=0)

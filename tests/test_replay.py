@@ -253,3 +253,14 @@ def test_a_killed_er_command_resumes_its_order_with_the_uninterrupted_table(tmp_
 
     assert rows(tmp_path / "again") == rows(tmp_path / "whole")
     assert not list(cache.glob("continual/*/steps/*.pt"))
+
+
+def test_a_damaged_step_file_is_said_and_the_network_learns_again_from_the_first_step(tmp_path, capsys):
+    x, y = patterns(10, 4)
+    cfg = ContinualConfig(steps=2, ipc=2, orders=[0], models=1, epochs=3, archs=["convnet"], batch=32)
+    want = run_replay("reservoir", x, y, x, y, cfg)
+    (tmp_path / "er-order0-model0.pt").write_bytes(b"PK\x03\x04 not a whole file")
+    got = run_replay("reservoir", x, y, x, y, cfg, checkpoints=tmp_path)
+    assert "damaged or truncated" in capsys.readouterr().out
+    assert [got[k].accuracies for k in sorted(got)] == [want[k].accuracies for k in sorted(want)]
+    assert read_plain(tmp_path / "er-order0-model0.pt", "step checkpoint")["steps_done"] == 2
