@@ -215,8 +215,14 @@ class ContinualJob(Job):
                     if cfg.protocol == "er":
                         from continual.replay import run_replay
 
+                        from tqdm import tqdm
+
+                        def said(o: int, model: int, t: int) -> None:  # an order can take hours: a line per step
+                            tqdm.write(f"  {label} order {o} network {model}: step {t + 1}/{cfg.steps} learnt")
+
                         new = run_replay(source(m), images(m, "train"), data.train_y, images(m, "test"), data.test_y,
-                                         one, self.env.device, checkpoints=art.path / "steps")
+                                         one, self.env.device, checkpoints=art.path / "steps",
+                                         after_step=None if self.env.quiet else said)
                     else:
                         new = run_memory(source(m), images(m, "test"), data.test_y, {order: benchmarks[order]}, one,
                                          self.env.device, only={key})
