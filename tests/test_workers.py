@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from distill.files import read_plain
 from distill.fixtures import write_mnist
 from pipelines.run import main
 from workers.claims import open_storage, open_study
@@ -112,6 +113,33 @@ def test_continual_on_two_workers_with_one_killed_and_a_late_joiner_equals_one_w
     assert main([*CONTINUAL, "--cache", str(cache), "--out", str(tmp_path / "c")]) == 0
     assert continual_rows(tmp_path / "c") == want
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_er_on_two_workers_with_one_killed_mid_order_resumes_its_step_and_equals_one_worker(tmp_path):
+    """``continual --protocol er --workers 2``: a worker is killed after its network saved a step
+    of an order and before the order ends; a survivor takes the order over from that step (the
+    step file is in the shared cache) and the table equals ``--workers 1``."""
+    argv = ["continual", "--protocol", "er", "--dataset", "digits", "--steps", "5", "--orders", "0,1", "--epochs", "6",
+            "--models", "1", "--memories", "class_balanced", "--device", "cpu", "--quiet", "--threads", "1"]
+    assert main([*argv, "--cache", str(tmp_path / "alone"), "--out", str(tmp_path / "alone_run")]) == 0
+    want = continual_rows(tmp_path / "alone_run")
+    cache = tmp_path / "shared"
+    first = start([*argv, "--workers", "2", "--cache", str(cache), "--out", str(tmp_path / "a")])
+    study, _ = the_study(cache)
+    victim = running_cell(study, first.pid, lambda cell: True)
+    order = int(victim.user_attrs["candidate"].rsplit("|", 1)[1])
+    deadline = time.monotonic() + 120
+    while not list(cache.glob(f"continual/*/steps/er-order{order}-model0.pt")):
+        assert time.monotonic() < deadline, "the victim saved no step"
+        time.sleep(0.02)
+    os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGKILL)
+    (ckpt,) = cache.glob(f"continual/*/steps/er-order{order}-model0.pt")
+    saved = read_plain(ckpt, "step checkpoint")["steps_done"]
+    out = finish(first)
+    assert "1 worker(s) stopped (exit codes [-9])" in out
+    assert 1 <= saved < 5
+    assert continual_rows(tmp_path / "a") == want
+    assert not list(cache.glob("continual/*/steps/*.pt"))
 
 
 def test_continual_processes_started_together_on_a_fresh_postgresql_database(tmp_path, postgres_url):
