@@ -4,6 +4,7 @@ classes seen, and the final accuracy) and the accuracy-vs-classes plot with a st
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,10 @@ def plot_curves(curves: dict[str, list[StepStats]], path: str | Path, title: str
     ax.set_xlabel("number of classes")
     ax.set_ylabel("test accuracy (%)")
     if replay:  # the long title over both panels
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(textwrap.fill(title, 110), fontsize=10)
         ax.set_title("accuracy on the classes seen so far")
     else:
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, 65), fontsize=10)  # a long title would run off the figure
     ax.set_xticks([s.classes for s in next(iter(curves.values()))])
     ax.grid(alpha=0.3)
     ax.legend(title="memory (final acc.)", fontsize=8)
