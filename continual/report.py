@@ -14,10 +14,14 @@ from .protocol import StepStats
 
 
 def step_rows(curves: dict[str, list[StepStats]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Wide rows ``{memory, "<classes>": "mean +- std", ..., final}`` and their column names."""
+    """Wide rows ``{memory, "<classes>": "mean +- std", ..., final}`` (with experience replay
+    also ``"forgetting@<classes>"`` after each step but the first, and ``forgetting``, the final
+    one) and their column names."""
     first = next(iter(curves.values()))
     replay = first[-1].forgetting is not None
-    columns = ["memory"] + [str(s.classes) for s in first] + ["final"] + (["forgetting"] if replay else [])
+    # experience replay: the forgetting after every step but the first (0 by definition)
+    forget_cols = [f"forgetting@{s.classes}" for s in first[1:]] if replay else []
+    columns = ["memory"] + [str(s.classes) for s in first] + ["final"] + forget_cols
     rows = []
     for name, stats in curves.items():
         row: dict[str, Any] = {"memory": name}
@@ -26,7 +30,9 @@ def step_rows(curves: dict[str, list[StepStats]]) -> tuple[list[dict[str, Any]],
         row["final"] = pct(stats[-1].mean, stats[-1].std, stats[-1].n)
         row["final_mean"], row["final_std"] = stats[-1].mean, stats[-1].std
         if replay:
-            row["forgetting"] = f"{100 * (stats[-1].forgetting or 0):.2f}"
+            row["forgetting"] = f"{100 * (stats[-1].forgetting or 0):.2f}"  # the final one
+            for s in stats[1:]:
+                row[f"forgetting@{s.classes}"] = f"{100 * (s.forgetting or 0):.2f}"
         row["steps"] = [{"classes": s.classes, "mean": s.mean, "std": s.std, "n": s.n,
                          **({"forgetting": s.forgetting} if s.forgetting is not None else {})} for s in stats]
         rows.append(row)

@@ -84,6 +84,9 @@ def test_real_policies_need_the_er_protocol_and_the_cli_reports_forgetting(tmp_p
     rows = json.loads((tmp_path / "er" / "continual.json").read_text())["rows"]
     assert [r["memory"] for r in rows] == ["reservoir", "random"]
     assert all("forgetting" in r and "forgetting" in r["steps"][-1] for r in rows)
+    header = (tmp_path / "er" / "continual.md").read_text().splitlines()[0]
+    assert header.split("|")[-2].strip() == "forgetting@10"  # a column per step after the first
+    assert all(r["forgetting@10"] == f"{100 * r['steps'][-1]['forgetting']:.2f}" for r in rows)
     assert main([*base, "--protocol", "er", "--memories", "reservoir,random", "--out", str(tmp_path / "er2")]) == 0
     again = json.loads((tmp_path / "er2" / "continual.json").read_text())["rows"]
     assert [r["steps"] for r in again] == [r["steps"] for r in rows]  # cached cells, same table
