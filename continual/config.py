@@ -14,7 +14,8 @@ from .benchmark import step_classes
 
 DM_ORDERS = [0, 1, 2, 3, 4]
 PROTOCOLS = ("gdumb", "er")
-REAL_MEMORIES = ("reservoir", "class_balanced", "herding_buffer")  # Avalanche storage policies of real exemplars (er only)
+# Avalanche storage policies of real exemplars (er only)
+REAL_MEMORIES = ("reservoir", "class_balanced", "herding_buffer")
 # experience replay's results changed (revision 2: Avalanche's forgetting, the herding buffer);
 # part of its cells' cache identity
 ER_REVISION = 2

@@ -213,9 +213,9 @@ class ContinualJob(Job):
                 if not all(k in have for k in keys):
                     one = replace(cfg, orders=[order])
                     if cfg.protocol == "er":
-                        from continual.replay import run_replay
-
                         from tqdm import tqdm
+
+                        from continual.replay import run_replay
 
                         def said(o: int, model: int, t: int) -> None:  # an order can take hours: a line per step
                             tqdm.write(f"  {label} order {o} network {model}: step {t + 1}/{cfg.steps} learnt")
