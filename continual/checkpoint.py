@@ -13,9 +13,10 @@ subset of the stream's dataset). So the plugins are pickled here with three thin
 references: the network (the new strategy's), the exemplar-selection strategy (the new
 policy's, which wraps the new network) and the synthetic set (the new memory's). Every dataset
 is stored as its samples' tensors and rebuilt as a plain tensor dataset, which yields the same
-samples in the same order. The file itself is read with ``weights_only``; the plugins' pickle
-inside it is rebuilt by an unpickler that constructs objects of avalanche, torch, the toolkit
-and a few builtin containers only.
+samples in the same order, and every tensor is stored beside the pickle as a plain tensor. The
+file itself is read with ``weights_only``; the plugins' pickle inside it is rebuilt by an
+unpickler that constructs objects of avalanche and of this package, torch devices and
+generators, and a few builtin containers only (:data:`ALLOWED_NAMES`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from distill.synset import SyntheticSet
 from .benchmark import task_dataset
 
 FORMAT = "attention-distill/er-checkpoint"
-ALLOWED_MODULES = ("avalanche", "torch", "continual", "distill", "collections", "numpy", "_codecs", "copyreg")
-ALLOWED_BUILTINS = {"set", "frozenset", "dict", "list", "tuple", "slice", "range", "complex", "float", "int",
-                    "bool", "str", "bytes", "bytearray", "object"}
+# what the plugins' pickle may build: avalanche's and this package's classes, and these
+ALLOWED_PACKAGES = ("avalanche", "continual")
+ALLOWED_NAMES = {("torch", "device"), ("torch._C", "Generator"), ("collections", "defaultdict"),
+                 ("collections", "OrderedDict"), *(("builtins", n) for n in ("set", "frozenset", "dict", "list", "tuple",
+                                                                             "slice", "range", "complex", "object"))}
 
 
 def _samples(ds: AvalancheDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,9 +53,18 @@ def _samples(ds: AvalancheDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Pickler(pickle.Pickler):
+    """Pickles with references for the network, the selection strategy and the synthetic set,
+    and every tensor (a dataset's samples too) put aside in ``tensors``, to be stored as plain
+    tensors beside the pickle: the pickle itself then holds no tensor storage to rebuild."""
+
     def __init__(self, file: io.BytesIO, model: torch.nn.Module):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.model = model
+        self.tensors: list[torch.Tensor] = []
+
+    def _aside(self, t: torch.Tensor) -> int:
+        self.tensors.append(t.detach().cpu() if t.device.type != "cpu" else t.detach())
+        return len(self.tensors) - 1
 
     def persistent_id(self, obj: Any) -> Any:
         if obj is self.model:
@@ -62,27 +74,30 @@ class _Pickler(pickle.Pickler):
         if isinstance(obj, SyntheticSet):
             return ("synset",)
         if isinstance(obj, AvalancheDataset):
-            return ("data", *_samples(obj))
+            x, y = _samples(obj)
+            return ("data", self._aside(x), self._aside(y))
+        if isinstance(obj, torch.Tensor):
+            return ("tensor", self._aside(obj), str(obj.device))
         return None
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, refs: dict[str, Any]):
+    def __init__(self, file: io.BytesIO, refs: dict[str, Any], tensors: list[torch.Tensor]):
         super().__init__(file)
-        self.refs = refs
+        self.refs, self.tensors = refs, tensors
 
     def persistent_load(self, pid: Any) -> Any:
+        if pid[0] == "tensor":
+            return self.tensors[pid[1]].to(pid[2])
         if pid[0] == "data":
-            x, y = pid[1], pid[2]
+            x, y = self.tensors[pid[1]], self.tensors[pid[2]]
             return task_dataset(x, y) if len(y) else task_dataset(torch.empty(0, 1), y)
         if pid[0] not in self.refs:
             raise pickle.UnpicklingError(f"the checkpoint refers to a {pid[0]} this run does not have")
         return self.refs[pid[0]]
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "builtins" and name in ALLOWED_BUILTINS:
-            return super().find_class(module, name)
-        if module.split(".")[0] in ALLOWED_MODULES:
+        if (module, name) in ALLOWED_NAMES or module.split(".")[0] in ALLOWED_PACKAGES:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"a step checkpoint may not build {module}.{name}")
 
@@ -94,11 +109,12 @@ def _policy(strategy: Any) -> Any:
 def save_step(strategy: Any, path: Path, steps_done: int, seconds: list[float]) -> Path:
     """Write the learner's state after ``steps_done`` steps to ``path`` atomically."""
     buf = io.BytesIO()
-    _Pickler(buf, strategy.model).dump(list(strategy.plugins))
+    pickler = _Pickler(buf, strategy.model)
+    pickler.dump(list(strategy.plugins))
     blob: dict[str, Any] = {
         "format": FORMAT, "version": 1, "steps_done": int(steps_done), "seconds": [float(s) for s in seconds],
         "model": strategy.model.state_dict(), "optimizer": strategy.optimizer.state_dict(),
-        "plugins": torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8),
+        "plugins": torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8), "tensors": pickler.tensors,
         "rng": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.device(strategy.device).type == "cuda":
@@ -117,7 +133,7 @@ def load_step(strategy: Any, path: Path) -> tuple[int, list[float]]:
             "synset": getattr(policy, "synset", None)}
     refs = {k: v for k, v in refs.items() if v is not None}
     try:
-        plugins = _Unpickler(io.BytesIO(blob["plugins"].numpy().tobytes()), refs).load()
+        plugins = _Unpickler(io.BytesIO(blob["plugins"].numpy().tobytes()), refs, blob["tensors"]).load()
     except (pickle.UnpicklingError, AttributeError, EOFError) as exc:
         raise UserError(f"{path} cannot be restored: {exc}") from None
     if [type(p) for p in plugins] != [type(p) for p in strategy.plugins]:

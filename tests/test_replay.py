@@ -267,3 +267,28 @@ def test_a_damaged_step_file_is_said_and_the_network_learns_again_from_the_first
     assert "damaged or truncated" in capsys.readouterr().out
     assert [got[k].accuracies for k in sorted(got)] == [want[k].accuracies for k in sorted(want)]
     assert read_plain(tmp_path / "er-order0-model0.pt", "step checkpoint")["steps_done"] == 2
+
+
+def test_a_step_file_whose_pickle_would_run_code_is_refused_and_nothing_runs(tmp_path, capsys):
+    """The plugins' pickle inside a step file may build avalanche's and the toolkit's objects
+    only: one that would call ``os.system`` is refused before anything runs, and the network
+    learns again from the first step."""
+    import os
+    import pickle
+
+    x, y = patterns(10, 4)
+    cfg = ContinualConfig(steps=2, ipc=2, orders=[0], models=1, epochs=3, archs=["convnet"], batch=32)
+    want = run_replay("reservoir", x, y, x, y, cfg, checkpoints=tmp_path)
+    path = tmp_path / "er-order0-model0.pt"
+    blob = read_plain(path, "step checkpoint")
+    flag = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {flag}",))
+
+    blob["plugins"] = torch.frombuffer(bytearray(pickle.dumps([Evil()])), dtype=torch.uint8)
+    torch.save(blob, path)
+    got = run_replay("reservoir", x, y, x, y, cfg, checkpoints=tmp_path)
+    assert "may not build" in capsys.readouterr().out and not flag.exists()
+    assert [got[k].accuracies for k in sorted(got)] == [want[k].accuracies for k in sorted(want)]
