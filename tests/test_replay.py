@@ -1,7 +1,7 @@
 """Experience replay on Avalanche (continual.replay): what each training batch holds, the
 storage policies' budgets, the herding buffer against herding written out, the accuracy and
 forgetting against a plain Avalanche loop measured by hand, resuming at step boundaries (in
-process and after a SIGKILL of the command), and the CLI."""
+process; a SIGKILLed command in tests/test_workers.py), and the CLI."""
 
 from __future__ import annotations
 
@@ -218,44 +218,6 @@ def test_the_herding_buffer_holds_herding_on_the_learners_embedding_of_the_steps
         cfg = ContinualConfig(steps=steps, ipc=ipc, orders=[0], models=1, epochs=2, archs=["convnet"], batch=32)
         run_replay("herding_buffer", x, y, x, y, cfg)
     assert sorted(checked) == list(range(K))
-
-
-def test_a_killed_er_command_resumes_its_order_with_the_uninterrupted_table(tmp_path):
-    """``continual --protocol er`` as an OS process, SIGKILLed once its network has saved a step
-    and before the order ends; the same command run again finishes from the saved step with
-    the table of a run never interrupted, and leaves no step files behind."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    run = str(Path(__file__).resolve().parents[1] / "pipelines" / "run.py")
-    argv = ["continual", "--protocol", "er", "--dataset", "digits", "--steps", "5", "--orders", "0", "--epochs", "6",
-            "--models", "2", "--memories", "class_balanced", "--device", "cpu", "--quiet", "--threads", "1"]
-    assert main([*argv, "--cache", str(tmp_path / "c0"), "--out", str(tmp_path / "whole")]) == 0
-    cache = tmp_path / "c1"
-    proc = subprocess.Popen([sys.executable, run, *argv, "--cache", str(cache), "--out", str(tmp_path / "cut")],
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not list(cache.glob("continual/*/steps/er-order0-model0.pt")):
-        assert proc.poll() is None and time.monotonic() < deadline, "no step was saved"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    (ckpt,) = cache.glob("continual/*/steps/er-order0-model0.pt")
-    assert read_plain(ckpt, "step checkpoint")["steps_done"] < 5  # killed inside the order
-    assert main([*argv, "--cache", str(cache), "--out", str(tmp_path / "again")]) == 0
-
-    def rows(folder: Path) -> list[dict]:
-        out = json.loads((folder / "continual.json").read_text())["rows"]
-        return [{**r, "cells": {k: {kk: v for kk, v in c.items() if kk != "seconds"} for k, c in r["cells"].items()}}
-                for r in out]
-
-    assert rows(tmp_path / "again") == rows(tmp_path / "whole")
-    assert not list(cache.glob("continual/*/steps/*.pt"))
 
 
 def test_a_damaged_step_file_is_said_and_the_network_learns_again_from_the_first_step(tmp_path, capsys):

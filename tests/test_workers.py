@@ -115,6 +115,28 @@ def test_continual_on_two_workers_with_one_killed_and_a_late_joiner_equals_one_w
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def test_a_killed_er_command_resumes_its_order_with_the_uninterrupted_table(tmp_path):
+    """``continual --protocol er`` as an OS process, SIGKILLed once its network has saved a step
+    and before the order ends; the same command run again finishes from the saved step with
+    the table of a run never interrupted, and leaves no step files behind."""
+    argv = ["continual", "--protocol", "er", "--dataset", "digits", "--steps", "5", "--orders", "0", "--epochs", "6",
+            "--models", "2", "--memories", "class_balanced", "--device", "cpu", "--quiet", "--threads", "1"]
+    assert main([*argv, "--cache", str(tmp_path / "c0"), "--out", str(tmp_path / "whole")]) == 0
+    cache = tmp_path / "c1"
+    proc = start([*argv, "--cache", str(cache), "--out", str(tmp_path / "cut")])
+    deadline = time.monotonic() + 240
+    while not list(cache.glob("continual/*/steps/er-order0-model0.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no step was saved"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    (ckpt,) = cache.glob("continual/*/steps/er-order0-model0.pt")
+    assert read_plain(ckpt, "step checkpoint")["steps_done"] < 5  # killed inside the order
+    assert main([*argv, "--cache", str(cache), "--out", str(tmp_path / "again")]) == 0
+    assert continual_rows(tmp_path / "again") == continual_rows(tmp_path / "whole")
+    assert not list(cache.glob("continual/*/steps/*.pt"))
+
+
 def test_er_on_two_workers_with_one_killed_mid_order_resumes_its_step_and_equals_one_worker(tmp_path):
     """``continual --protocol er --workers 2``: a worker is killed after its network saved a step
     of an order and before the order ends; a survivor takes the order over from that step (the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from continual.config import ER_REVISION, PROTOCOLS, REAL_MEMORIES, ContinualConfig, resolve_continual
@@ -183,6 +184,14 @@ class ContinualJob(Job):
             with art.lock():  # its folder, emptied once under --force
                 self.env.cache.open(art)
             arts[m.label] = art
+        if cfg.protocol == "er":
+            from tqdm import tqdm
+
+            from continual.replay import drop_checkpoints, run_replay
+
+            def said(label: str, o: int, model: int, t: int) -> None:  # an order can take hours: a line per step
+                tqdm.write(f"  {label} order {o} network {model}: step {t + 1}/{cfg.steps} learnt")
+
         inputs: dict[tuple[str, str], Any] = {}  # (memory, split) -> images in its input space, made once
         order_sets: dict[tuple[str, int], Any] = {}  # a selection's set of one order, chosen once
 
@@ -213,24 +222,15 @@ class ContinualJob(Job):
                 if not all(k in have for k in keys):
                     one = replace(cfg, orders=[order])
                     if cfg.protocol == "er":
-                        from tqdm import tqdm
-
-                        from continual.replay import run_replay
-
-                        def said(o: int, model: int, t: int) -> None:  # an order can take hours: a line per step
-                            tqdm.write(f"  {label} order {o} network {model}: step {t + 1}/{cfg.steps} learnt")
-
                         new = run_replay(source(m), images(m, "train"), data.train_y, images(m, "test"), data.test_y,
                                          one, self.env.device, checkpoints=art.path / "steps",
-                                         after_step=None if self.env.quiet else said)
+                                         after_step=None if self.env.quiet else partial(said, label))
                     else:
                         new = run_memory(source(m), images(m, "test"), data.test_y, {order: benchmarks[order]}, one,
                                          self.env.device, only={key})
                     have = CellStore.add(art, wanted, {k: cell_to_dict(new[k]) for k in keys}).cells
                     if cfg.protocol == "er":
-                        from continual.replay import drop_checkpoints
-
-                        drop_checkpoints(art.path / "steps", order)
+                        drop_checkpoints(art.path / "steps", order)  # stored: its step files are done with
             return [have[k] for k in keys]
 
         per_memory = [f"{o}" for o in orders] if cfg.protocol == "er" else [f"{o}/{s}" for o in orders for s in steps]
