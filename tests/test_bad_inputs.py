@@ -69,6 +69,7 @@ CASES = [
     (EVALUATE, ["--whole-acc", "150"], r"--whole-acc is a percentage in \(0, 100\], got 150"),
     (CONTINUAL, ["--set", "continual.protocol=gem"], r"unknown continual\.protocol 'gem'"),
     (CONTINUAL, ["--memories", "reservoir"], r"memories reservoir are real-exemplar storage policies .* --protocol er"),
+    (CONTINUAL, ["--memories", "herding_buffer"], r"memories herding_buffer are real-exemplar storage policies .* --protocol er"),
     # cells on N workers
     (CONTINUAL, ["--workers", "0"], r"--workers must be at least 1, got 0"),
     (CONTINUAL, ["--threads", "-2"], r"--threads must be at least 1, got -2"),
