@@ -197,7 +197,7 @@ def distill_variants(shape, train_x, labels, syn, cfg, k, dev, smoke, warmup, it
             step()  # first call: compilation for torch.compile
             _sync(dev)
             first = time.perf_counter() - t0
-            ms, peak = distill_step.measure({name: step}, dev, warmup, iters)[name]
+            ms, peak = distill_step.measure({name: step}, dev, warmup, iters)[name][:2]
             return {"shape": shape.name, "variant": name, "ms": ms, "peak_mib": peak, "first_call_s": first,
                     "grad_rel_diff": _rel(grad(), g0), "noise_floor": noise}
         row, err = _tried(run)
@@ -328,7 +328,7 @@ def train_step_variants(dev: torch.device, smoke: bool, models: int) -> list[dic
             step()
             _sync(dev)
             first = time.perf_counter() - t0
-            ms, peak = distill_step.measure({variant: step}, dev, warmup, iters)[variant]
+            ms, peak = distill_step.measure({variant: step}, dev, warmup, iters)[variant][:2]
             return {"path": path, "variant": variant, "ms": ms, "peak_mib": peak, "first_call_s": first}
         row, err = _tried(run)
         out.append(row or {"path": path, "variant": variant, "error": err})

@@ -27,6 +27,7 @@ from .methods import MatchingMethod, get_method
 from .multiformation import decode, decode_labels, mix
 from .nets import has_batch_statistics
 from .prepare import Prepared, check_ipc, class_labels, data_identity, make_set
+from .runtime import keep_host_memory
 from .selection import select, select_per_class, selection_embeddings
 from .settings import SetConfig, set_identity
 from .step import bound, loss_and_grad, matching_net
@@ -139,6 +140,8 @@ def distill(
     method, p = bound(cfg)
     check_ipc(prep.data, cfg.ipc, cfg.factor if cfg.init != "noise" else 1)
     dev = prep.train_x.device
+    if dev.type == "cpu":
+        keep_host_memory()  # freed feature maps are reused, not page-faulted in again (distill.runtime)
     k, size = prep.num_classes, prep.data.image_size
     net = matching_net(cfg, prep.data.channels, k, size, dev)
     if shard is not None and has_batch_statistics(net) and shard != (0, k):

@@ -4,6 +4,7 @@ benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable
 
@@ -49,14 +50,17 @@ def compiled(fn: Callable[..., Any], enabled: bool, dynamic: bool | None = None)
     return call
 
 
+@functools.cache
 def keep_host_memory() -> bool:
     """Make glibc's ``malloc`` keep freed large blocks for reuse (``mallopt``: mmap threshold
-    1 GiB, trim threshold 2 GiB, top pad 256 MiB). By default every CPU tensor above 32 MiB is
-    a fresh ``mmap`` whose pages the kernel must fault in and zero, and it is unmapped again on
-    free, which dominated a CPU distillation step (benchmarks/RESULTS.md). Results are unchanged
-    (only where the memory comes from). A process-wide setting, so the command line and the benchmarks call it
-    once at start-up; library users may too. Returns ``False`` where it does not apply (not
-    glibc)."""
+    1 GiB, trim threshold 2 GiB, top pad 256 MiB), once per process. By default every CPU tensor
+    above 32 MiB is a fresh ``mmap`` whose pages the kernel must fault in and zero, and it is
+    unmapped again on free, which dominated a CPU distillation step and made its time vary by
+    tens of percent from run to run (benchmarks/RESULTS.md). Results are unchanged (only where
+    the memory comes from). A process-wide setting: the command line calls it at start-up, and
+    ``distill.loop.distill`` and ``distill.train.train_group`` call it on their first CPU run, so
+    library users get it too (a freed block then stays with the process; its resident memory does
+    not shrink after a large run). Returns ``False`` where it does not apply (not glibc)."""
     import ctypes
     import ctypes.util
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from . import augment
 from .errors import UserError, check_range, choice_error
 from .nets import NetSpec, has_batch_statistics, init_weights
-from .runtime import COMPILE_MODES, compiled, wants_compile
+from .runtime import COMPILE_MODES, compiled, keep_host_memory, wants_compile
 
 
 SCHEDULES = ("half", "constant", "step15")
@@ -243,6 +243,8 @@ def train_group(
     from tqdm import tqdm
 
     dev = x.device
+    if dev.type == "cpu":
+        keep_host_memory()  # freed activations are reused, not page-faulted in again (distill.runtime)
     size = (x.shape[2], x.shape[3])
     nets = [spec.build(x.shape[1], num_classes, size).to(dev) for _ in range(n_models)]
     for net in nets:
