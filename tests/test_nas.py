@@ -345,11 +345,12 @@ def test_interrupting_the_nas_process_alone_stops_its_workers(tmp_path, signum, 
     import subprocess
     import sys
 
-    # candidates long enough (300 proxy, 4,000 whole-data epochs) that the study cannot finish between
-    # the poll that sees two workers training and the signal, even on a loaded machine
     argv = [sys.executable, "pipelines/run.py", *_nas(tmp_path, "--proxy", "random_ipc2", "--workers", "2",
-                                                       "--proxy-epochs", "300", "--whole-epochs", "4000")]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                                       "--whole-epochs", "400")]
+    # a command started from a terminal: a suite run in the background (`nohup ... &`) ignores SIGINT,
+    # and an ignored signal stays ignored in its children, where Python then installs no handler
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers: set[int] = set()
     deadline = time.monotonic() + 300
     while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
