@@ -71,66 +71,65 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: torch.Tensor,
-                   opt: torch.optim.Optimizer, cfg: SetConfig, k: int) -> float:
-    """One iteration, per-class, as the reference code is written."""
-    dev = train_x.device
-    size = tuple(train_x.shape[2:])
-    net = build_net("convnet", train_x.shape[1], k, size, norm=cfg.net.norm).to(dev)  # fresh every step
+def _fresh_net(train_x: torch.Tensor, cfg: SetConfig, k: int) -> torch.nn.Module:
+    """A new frozen ConvNet, as the public code builds one every iteration."""
+    net = build_net("convnet", train_x.shape[1], k, tuple(train_x.shape[2:]), norm=cfg.net.norm).to(train_x.device)
     for p in net.parameters():
         p.requires_grad_(False)
+    return net
+
+
+def _class_batch(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: torch.Tensor, cfg: SetConfig,
+                 c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class ``c``'s real batch (a numpy draw) and synthetic images, augmented with one shared DSA draw."""
+    dev = train_x.device
+    idx = np.random.permutation(classes_idx[c])[: cfg.batch_real]
+    img_real = train_x[torch.from_numpy(idx).to(dev)]
+    img_syn = syn[c * cfg.ipc:(c + 1) * cfg.ipc]
+    p = augment.sample_params(1, tuple(train_x.shape[2:]), None, cfg.dsa, dev)
+    return (augment.apply(img_real, p.index(torch.zeros(len(img_real), dtype=torch.long, device=dev))),
+            augment.apply(img_syn, p.index(torch.zeros(len(img_syn), dtype=torch.long, device=dev))))
+
+
+def _update(loss: torch.Tensor, opt: torch.optim.Optimizer, dev: torch.device) -> float:
+    """One SGD step on the synthetic images, then the cache emptied, as the public code does."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return loss.item()
+
+
+def reference_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: torch.Tensor,
+                   opt: torch.optim.Optimizer, cfg: SetConfig, k: int) -> float:
+    """One iteration, per-class, as the DC / DM code is written: a forward per class and side."""
+    net = _fresh_net(train_x, cfg, k)
     method, hp = bound(cfg)
-    loss = torch.zeros((), device=dev)
+    loss = torch.zeros((), device=train_x.device)
     for c in range(k):
-        idx = np.random.permutation(classes_idx[c])[: cfg.batch_real]
-        img_real = train_x[torch.from_numpy(idx).to(dev)]
-        img_syn = syn[c * cfg.ipc:(c + 1) * cfg.ipc]
-        p = augment.sample_params(1, size, None, cfg.dsa, dev)
-        img_real = augment.apply(img_real, p.index(torch.zeros(len(img_real), dtype=torch.long, device=dev)))
-        img_syn = augment.apply(img_syn, p.index(torch.zeros(len(img_syn), dtype=torch.long, device=dev)))
+        img_real, img_syn = _class_batch(train_x, classes_idx, syn, cfg, c)
         f_real, e_real = net.forward_features(img_real)
         f_real, e_real = [f.detach() for f in f_real], e_real.detach()
         f_syn, e_syn = net.forward_features(img_syn)
         loss = loss + method.loss(hp, method.statistics(hp, f_real, e_real, 1, None),
                                   method.statistics(hp, f_syn, e_syn, 1, None))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    return loss.item()
+    return _update(loss, opt, train_x.device)
 
 
 def datadam_step(train_x: torch.Tensor, classes_idx: list[np.ndarray], syn: torch.Tensor,
                  opt: torch.optim.Optimizer, cfg: SetConfig, k: int) -> float:
-    """One iteration structured as the public DataDAM loop is: a fresh network every iteration,
-    every class's real batch drawn with numpy and augmented on its own, then all classes'
-    real images concatenated into one forward pass and all synthetic images into another,
-    the class-major statistics of each pass compared, one backward."""
-    dev = train_x.device
-    size = tuple(train_x.shape[2:])
-    net = build_net("convnet", train_x.shape[1], k, size, norm=cfg.net.norm).to(dev)  # fresh every step
-    for p in net.parameters():
-        p.requires_grad_(False)
+    """One iteration structured as the public DataDAM loop is: every class's batch drawn and
+    augmented on its own, then all classes' real images concatenated into one forward pass and
+    all synthetic images into another, the class-major statistics of each pass compared."""
+    net = _fresh_net(train_x, cfg, k)
     method, hp = bound(cfg)
-    reals, syns = [], []
-    for c in range(k):
-        idx = np.random.permutation(classes_idx[c])[: cfg.batch_real]
-        p = augment.sample_params(1, size, None, cfg.dsa, dev)
-        reals.append(augment.apply(train_x[torch.from_numpy(idx).to(dev)],
-                                   p.index(torch.zeros(len(idx), dtype=torch.long, device=dev))))
-        syns.append(augment.apply(syn[c * cfg.ipc:(c + 1) * cfg.ipc],
-                                  p.index(torch.zeros(cfg.ipc, dtype=torch.long, device=dev))))
+    reals, syns = zip(*(_class_batch(train_x, classes_idx, syn, cfg, c) for c in range(k)))
     with torch.no_grad():
         f_real, e_real = net.forward_features(torch.cat(reals))
     f_syn, e_syn = net.forward_features(torch.cat(syns))
     loss = method.loss(hp, method.statistics(hp, f_real, e_real, k, None), method.statistics(hp, f_syn, e_syn, k, None))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    return loss.item()
+    return _update(loss, opt, train_x.device)
 
 
 REFERENCES = {"per_class": reference_step, "datadam": datadam_step}
