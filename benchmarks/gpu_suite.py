@@ -3,6 +3,7 @@
     python benchmarks/gpu_suite.py --out benchmarks/results/gpu_h100        # every part, on cuda
     python benchmarks/gpu_suite.py --parts distill,evaluate                 # some parts
     python benchmarks/gpu_suite.py --device cpu --smoke                     # every part, tiny, CPU
+    python benchmarks/gpu_suite.py --parts fidelity --data-root .fm --minutes 8 --out $OUT
 
 Parts (``--parts``, default all):
 
@@ -23,6 +24,13 @@ Parts (``--parts``, default all):
   fabricated CIFAR-10 / CIFAR-100 archives (python-pickle format), tiny settings: catches what
   fails only on one device (generators and tensors on different devices, dtype mixes, vmap).
 - ``profile``: the kernels that dominate one distillation step and one training step.
+- ``fidelity`` (only when named): the full-length Fashion-MNIST table in sittings of
+  ``--minutes`` (``fidelity.py``): every matching method at factor 1 and 2, IPC 1 and 10, the
+  papers' iterations, 20 ConvNets x 1000 epochs per cell, ``--jobs`` cells at a time; what is
+  unfinished at the deadline is checkpointed into ``fidelity_state.tar.gz``, which the next
+  sitting continues from (``--state``, default the committed
+  ``benchmarks/results/gpu_fidelity/fidelity_state.tar.gz``). ``--data-root`` names the folder
+  of the four idx files; with ``--smoke`` and no ``--data-root``, random images in that layout.
 
 Writes ``gpu_suite.md`` (the report) and ``gpu_suite.json`` (raw numbers) to ``--out``. Speed
 does not depend on image content, so random tensors of the right shapes stand in for CIFAR.
@@ -37,6 +45,7 @@ import io
 import json
 import platform
 import sys
+import tarfile
 import tempfile
 import time
 import traceback
@@ -53,6 +62,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import distill_step  # noqa: E402
+import fidelity  # noqa: E402
 import protocol_cost  # noqa: E402
 from distill import augment  # noqa: E402
 from distill.data import ClassIndex  # noqa: E402
@@ -62,8 +72,11 @@ from distill.evaluate import parse_arch  # noqa: E402
 from distill.train import ModelGroup, TrainRecipe, stacked_call, stacked_forward, train_group  # noqa: E402
 from distill.fixtures import accept_fabricated_cifar, write_cifar  # noqa: E402
 from distill.nets import init_weights  # noqa: E402
+from distill.datasets.mnist import IDX_FILES as MNIST_IDX  # noqa: E402
+from distill.errors import UserError  # noqa: E402
 
-PARTS = ("distill", "evaluate", "protocol", "e2e", "profile")
+PARTS = ("distill", "evaluate", "protocol", "e2e", "profile", "fidelity")
+DEFAULT_PARTS = PARTS[:-1]  # fidelity runs only when named: it takes every minute it is given
 
 
 def _sync(dev: torch.device) -> None:
@@ -482,6 +495,19 @@ def part_e2e(dev: torch.device, smoke: bool, work: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------
+# (f) the full-length Fashion-MNIST table, in sittings
+
+
+def part_fidelity(dev: torch.device, smoke: bool, out: Path, a: argparse.Namespace) -> dict:
+    if smoke:  # the machinery at 1/4000 of the iterations, two cells, 2 networks each
+        return fidelity.run_fidelity(device=str(dev), data_root=a.data_root, out=out, minutes=a.minutes,
+                                     jobs=a.jobs or 2, budget="smoke", state=a.state, models=2,
+                                     cells=fidelity.parse_cells(a.cells or "dm:1,atom:1"))
+    return fidelity.run_fidelity(device=str(dev), data_root=a.data_root, out=out, minutes=a.minutes, jobs=a.jobs or 4,
+                                 state=a.state or fidelity.STATE, cells=fidelity.parse_cells(a.cells))
+
+
+# --------------------------------------------------------------------------------------
 # report
 
 
@@ -565,6 +591,20 @@ def report(res: dict) -> str:
         lines += ["## Profile (3 steps each)", ""]
         for name, table in res["profile"]["tables"].items():
             lines += [f"### {name}", "", "```", table.rstrip(), "```", ""]
+    if "fidelity" in res:
+        f, sm = res["fidelity"], res["fidelity"]["summary"]
+        lines += ["## The full-length Fashion-MNIST table (this sitting and the ones before it)", "",
+                  f"{f['title']}. {sm['finished']} of {sm['cells']} cells finished ({sm['this_sitting']} in this "
+                  f"sitting), {sm['stopped']} stopped at the deadline and continued by the next sitting, "
+                  f"{sm['failed']} failed; {sm['jobs']} cells at a time ({sm['threads_per_job']} CPU threads each), "
+                  f"{sm['seconds']:.0f} s. Files: fidelity.md/csv/json, fidelity.log, fidelity_state.tar.gz "
+                  f"({sm['state_bytes'] / 2**20:.1f} MiB).", ""]
+        lines += _table(f["rows"], [("method", "method", 0), ("IPC", "ipc", 0), ("paper", "paper", 0),
+                                    ("ours", "ours", 0), ("difference", "difference", 0),
+                                    ("iterations", "iterations", 0), ("state", "state", 0),
+                                    ("distil s", "distill_s", 0), ("eval s", "eval_s", 0),
+                                    ("ms/it", "ms_per_iteration", 1)])
+        lines.append("")
     if res.get("failures"):
         lines += ["## Parts that failed", ""] + [f"- {k}: {v}" for k, v in res["failures"].items()] + [""]
     return "\n".join(lines)
@@ -584,13 +624,44 @@ def environment(dev: torch.device, argv: list[str]) -> dict:
     return env
 
 
+def fidelity_input_error(a: argparse.Namespace) -> str | None:
+    """Why the fidelity part's options cannot run (checked before any part starts), or None."""
+    if a.data_root is None and not a.smoke:
+        return "the fidelity part needs --data-root: the folder of Fashion-MNIST's four idx files " \
+               "(apt-get install dataset-fashion-mnist: /usr/share/datasets/fashion-mnist)"
+    if a.data_root is not None:
+        names = {p.name.removesuffix(".gz") for p in a.data_root.glob("*")} if a.data_root.is_dir() else set()
+        missing = [f for pair in MNIST_IDX.values() for f in pair if f not in names]
+        if missing:
+            return f"--data-root {a.data_root} lacks {', '.join(missing)} (plain or .gz)"
+    if a.minutes <= 0 or (a.jobs is not None and a.jobs < 1):
+        return "--minutes must be above 0 and --jobs at least 1"
+    if a.state is not None and a.state.exists() and not tarfile.is_tarfile(a.state):
+        return f"--state {a.state} is not a tar archive (a fidelity_state.tar.gz of an earlier sitting)"
+    try:
+        fidelity.check_cells(fidelity.parse_cells(a.cells))
+    except (ValueError, UserError) as exc:
+        return str(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and few iterations: every part in a few "
                                                          "CPU minutes (checks that the suite runs, not speed)")
-    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of: {', '.join(PARTS)}")
+    ap.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                    help=f"comma-separated subset of: {', '.join(PARTS)} (default: all but fidelity)")
+    fid = ap.add_argument_group("fidelity part")
+    fid.add_argument("--data-root", type=Path, help="folder of the four Fashion-MNIST idx files (plain or .gz)")
+    fid.add_argument("--minutes", type=float, default=8.0, help="the sitting's length: cells still running then "
+                                                                 "are checkpointed (default 8)")
+    fid.add_argument("--jobs", type=int, help="cells computed at once on the device (default 4; 2 with --smoke)")
+    fid.add_argument("--state", type=Path,
+                     help="the earlier sittings' fidelity_state.tar.gz to continue from (default: the committed "
+                          "benchmarks/results/gpu_fidelity/fidelity_state.tar.gz, where present; none with --smoke)")
+    fid.add_argument("--cells", help="LABEL:IPC,... of the table (default: all 16, in the order of fidelity.CELLS)")
     ap.add_argument("--out", help="report folder (default: benchmarks/results/gpu_suite; with --smoke a fresh "
                                   "temporary folder, so a check leaves the checkout as it was)")
     a = ap.parse_args(argv)
@@ -599,6 +670,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown part {bad[0]!r}; allowed: {', '.join(PARTS)}", file=sys.stderr)
         return 2
+    if "fidelity" in parts:
+        why = fidelity_input_error(a)
+        if why:
+            print(f"error: {why}", file=sys.stderr)
+            return 2
     try:
         dev = torch.device(a.device)
     except RuntimeError:
@@ -621,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{part}]", flush=True)
             fn = {"distill": lambda: part_distill(dev, a.smoke), "evaluate": lambda: part_evaluate(dev, a.smoke),
                   "protocol": lambda: part_protocol(dev, a.smoke), "profile": lambda: part_profile(dev, a.smoke),
-                  "e2e": lambda: part_e2e(dev, a.smoke, Path(tmp))}[part]
+                  "e2e": lambda: part_e2e(dev, a.smoke, Path(tmp)),
+                  "fidelity": lambda: part_fidelity(dev, a.smoke, out, a)}[part]
             value, err = _tried(fn, verbose=True)
             if err:
                 res["failures"][part] = err

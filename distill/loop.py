@@ -29,7 +29,7 @@ from .nets import has_batch_statistics
 from .prepare import Prepared, check_ipc, class_labels, data_identity, make_set
 from .runtime import keep_host_memory
 from .selection import select, select_per_class, selection_embeddings
-from .settings import SetConfig, set_identity
+from .settings import SetConfig, describe, set_identity
 from .step import bound, loss_and_grad, matching_net
 from .synset import SyntheticSet
 from .train import TrainRecipe, train_group
@@ -187,6 +187,8 @@ def distill(
     last_save = time.monotonic()
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
                desc=f"{cfg.method} ipc{cfg.ipc}", disable=not progress, dynamic_ncols=True)
+    if 0 < start < cfg.iterations:
+        bar.write(f"  {describe(cfg)}: continuing from its checkpoint at iteration {start} of {cfg.iterations}")
     try:
         for it in bar:
             opt.zero_grad(set_to_none=True)
