@@ -98,18 +98,24 @@ def check_cells(cells: list[tuple[str, int]]) -> None:
         select_cells(table, [label], [ipc])
 
 
+def check_state(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
+    """The members of a state archive, refused (ValueError) unless every one is a plain file or
+    folder under one of :data:`STATE_STAGES` (no link, no absolute path, no ``..``)."""
+    members = tar.getmembers()
+    for m in members:
+        parts = Path(m.name).parts
+        inside = bool(parts) and parts[0] in STATE_STAGES and ".." not in parts
+        if not inside or not (m.isfile() or m.isdir()):
+            raise ValueError(f"state archive {path} holds {m.name!r}, which is not a file or folder under "
+                             f"{' or '.join(STATE_STAGES)}/")
+    return members
+
+
 def unpack_state(path: Path, cache: Path) -> int:
-    """Unpack a state archive into ``cache``; the number of finished cells it holds. Only the
-    stages of :data:`STATE_STAGES` are accepted, and only plain files and folders under them
-    (``tarfile``'s ``data`` filter refuses links out, absolute paths and ``..``)."""
+    """Unpack a state archive into ``cache`` (checked whole first, :func:`check_state`; then
+    ``tarfile``'s ``data`` filter as well); the number of finished cells it holds."""
     with tarfile.open(path, "r:gz") as tar:
-        members = tar.getmembers()
-        for m in members:
-            parts = Path(m.name).parts
-            inside = bool(parts) and parts[0] in STATE_STAGES and ".." not in parts
-            if not inside or not (m.isfile() or m.isdir()):
-                raise ValueError(f"state archive {path} holds {m.name!r}, which is not a file or folder under "
-                                 f"{' or '.join(STATE_STAGES)}/")
+        members = check_state(tar, path)
         tar.extractall(cache, members=members, filter="data")
     return sum(1 for m in members if m.name.startswith("reproduce/") and m.name.endswith("/cell.json"))
 
@@ -161,15 +167,16 @@ def read_outcome(cell: Cell, code: int, log: str, out: Path) -> None:
         cell.error = (lines[-1] if lines else "")[:300]
 
 
-def run_cells(cells: list[Cell], command: Any, jobs: int, deadline: float, log: io.TextIOBase,
+def run_cells(cells: list[Cell], command: Any, jobs: int, deadline: float, work: Path, log: io.TextIOBase,
               grace: float = 90.0, poll: float = 0.5) -> None:
     """Run the cells' processes ``jobs`` at a time in list order until all ended or
     ``deadline`` (``time.monotonic()``) passed; then SIGTERM the running ones, wait up to
     ``grace`` seconds for their checkpoints, and SIGKILL any still alive. ``command(cell, out)``
-    gives a cell's argv; each cell's output is appended to ``log`` when it ends."""
+    gives a cell's argv (``out``: its folder under ``work``); each cell's output is appended to
+    ``log`` when it ends."""
     pending = list(cells)
     running: dict[subprocess.Popen, tuple[Cell, Path, Any, float]] = {}
-    work = Path(tempfile.mkdtemp(prefix="fidelity_cells_"))
+    work.mkdir(parents=True, exist_ok=True)
 
     def reap(p: subprocess.Popen, code: int) -> None:
         cell, out, fh, t0 = running.pop(p)
@@ -191,17 +198,15 @@ def run_cells(cells: list[Cell], command: Any, jobs: int, deadline: float, log: 
                 cell = pending.pop(0)
                 out = work / cell.name
                 fh = open(work / f"{cell.name}.log", "w")
-                # SIGINT/SIGTERM at their defaults in the child, whatever this process inherited (a
-                # background job ignores SIGINT, and so would its children)
+                # SIGINT at its default in the child whatever this process inherited (a background
+                # job ignores SIGINT, and so would its children); SIGTERM is the command's own
                 p = subprocess.Popen(command(cell, out), stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
                 running[p] = (cell, out, fh, time.monotonic())
-            if late and running:
+            if late:
                 stop(list(running), grace)
                 for p in list(running):
                     reap(p, p.returncode)
-                break
-            if late:
                 break
             time.sleep(poll)
     except BaseException:  # Ctrl-C or a kill of this process: the cells stop with their checkpoints
@@ -282,7 +287,7 @@ def run_fidelity(*, device: str, data_root: Path | None, out: Path, minutes: flo
                                 threads=threads, models=models, sets=sets, extra=extra)
 
         with open(out / "fidelity.log", "w") as log:
-            run_cells(todo, command, jobs, deadline, log, grace)
+            run_cells(todo, command, jobs, deadline, Path(tmp) / "cells", log, grace)
         size = pack_state(cache, out / "fidelity_state.tar.gz")
     from pipelines.tables import BUDGETS, load_table
 

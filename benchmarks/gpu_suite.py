@@ -636,10 +636,16 @@ def fidelity_input_error(a: argparse.Namespace) -> str | None:
             return f"--data-root {a.data_root} lacks {', '.join(missing)} (plain or .gz)"
     if a.minutes <= 0 or (a.jobs is not None and a.jobs < 1):
         return "--minutes must be above 0 and --jobs at least 1"
-    if a.state is not None and a.state.exists() and not tarfile.is_tarfile(a.state):
-        return f"--state {a.state} is not a tar archive (a fidelity_state.tar.gz of an earlier sitting)"
+    state = a.state or (None if a.smoke else fidelity.STATE)
+    if a.state is not None and not a.state.is_file():
+        return f"--state {a.state} does not exist (a fidelity_state.tar.gz of an earlier sitting)"
     try:
+        if state is not None and state.is_file():
+            with tarfile.open(state, "r:gz") as tar:
+                fidelity.check_state(tar, state)
         fidelity.check_cells(fidelity.parse_cells(a.cells))
+    except tarfile.TarError:
+        return f"--state {state} is not a gzipped tar archive (a fidelity_state.tar.gz of an earlier sitting)"
     except (ValueError, UserError) as exc:
         return str(exc)
     return None

@@ -100,9 +100,14 @@ def test_a_foreign_state_archive_is_refused_before_any_work(tmp_path, name, kind
     (["--parts", "fidelity", "--smoke", "--cells", "atom:3"], "table fashionmnist has no IPC 3"),
     (["--parts", "fidelity", "--smoke", "--cells", "atom"], "cell 'atom' is not LABEL:IPC"),
     (["--parts", "fidelity", "--smoke", "--minutes", "0"], "--minutes must be above 0"),
-    (["--parts", "fidelity", "--smoke", "--state", "README.md"], "--state README.md is not a tar archive"),
+    (["--parts", "fidelity", "--smoke", "--state", "README.md"], "--state README.md is not a gzipped tar archive"),
+    (["--parts", "fidelity", "--smoke", "--state", "no/such.tar.gz"], "--state no/such.tar.gz does not exist"),
+    (["--parts", "fidelity", "--smoke", "--state", "FOREIGN"], "state archive FOREIGN holds 'elsewhere/x.pt'"),
 ])
 def test_the_suite_refuses_bad_fidelity_options(tmp_path, argv, msg):
+    foreign = _archive(tmp_path.parent / f"{tmp_path.name}-foreign.tar.gz", "elsewhere/x.pt")
+    argv = [str(foreign) if a == "FOREIGN" else a for a in argv]
+    msg = msg.replace("FOREIGN", str(foreign))
     r = subprocess.run([sys.executable, str(SUITE), "--device", "cpu", *argv, "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {msg}"), r.stderr
