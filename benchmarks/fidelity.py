@@ -198,10 +198,8 @@ def run_cells(cells: list[Cell], command: Any, jobs: int, deadline: float, work:
                 cell = pending.pop(0)
                 out = work / cell.name
                 fh = open(work / f"{cell.name}.log", "w")
-                # SIGINT at its default in the child whatever this process inherited (a background
-                # job ignores SIGINT, and so would its children); SIGTERM is the command's own
-                p = subprocess.Popen(command(cell, out), stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                # stopped with SIGTERM, which the command handles whatever this process inherited
+                p = subprocess.Popen(command(cell, out), stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
                 running[p] = (cell, out, fh, time.monotonic())
             if late:
                 stop(list(running), grace)
