@@ -716,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(res)
     print("\n" + text + f"\n\nreport: {out / 'gpu_suite.md'}, raw numbers: {out / 'gpu_suite.json'}")
     e2e_failed = any(r["exit"] not in (0, None) for r in res.get("e2e", {}).get("rows", []))
-    return 1 if res["failures"] or e2e_failed else 0
+    cells_failed = res.get("fidelity", {}).get("summary", {}).get("failed", 0)  # stopped cells are not failures
+    return 1 if res["failures"] or e2e_failed or cells_failed else 0
 
 
 if __name__ == "__main__":
