@@ -112,3 +112,10 @@ def test_the_suite_refuses_bad_fidelity_options(tmp_path, argv, msg):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"error: {msg}"), r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cell_the_command_refuses_is_reported_failed_with_its_error_line(idx_root, tmp_path):
+    res = sitting(idx_root, tmp_path, None, minutes=2, extra=["distill.momentum=2"])
+    row = res["rows"][0]
+    assert row["status"] == "failed" and res["summary"]["failed"] == 1
+    assert row["state"].startswith("failed (exit 2): error: ") and "momentum" in row["state"], row["state"]
