@@ -189,6 +189,11 @@ def run_cells(cells: list[Cell], command: Any, jobs: int, deadline: float, work:
         print(f"  fidelity {cell.name}: {cell.status}" + (f" at iteration {cell.stopped_at}" if cell.stopped_at else "")
               + (f" {cell.row.get('ours')}" if cell.row else "") + f" ({cell.seconds:.0f} s)", flush=True)
 
+    def stop_all() -> None:
+        stop(list(running), grace)
+        for p in list(running):
+            reap(p, p.returncode)
+
     try:
         while pending or running:
             for p in [p for p in running if p.poll() is not None]:
@@ -202,15 +207,11 @@ def run_cells(cells: list[Cell], command: Any, jobs: int, deadline: float, work:
                 p = subprocess.Popen(command(cell, out), stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
                 running[p] = (cell, out, fh, time.monotonic())
             if late:
-                stop(list(running), grace)
-                for p in list(running):
-                    reap(p, p.returncode)
+                stop_all()
                 break
             time.sleep(poll)
     except BaseException:  # Ctrl-C or a kill of this process: the cells stop with their checkpoints
-        stop(list(running), grace)
-        for p in list(running):
-            reap(p, p.returncode)
+        stop_all()
         raise
 
 
